@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make setup`, then `make test`. `make demo` runs the recipe on CPU.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Find a Python 3.12 (megatron-core 0.19 needs it): on PATH, or one installed through pyenv.
+PYTHON312 ?= $(shell for c in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V | tail -1) /usr/bin/python3.12; do \
+	$$c -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && echo $$c && break; done)
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast demo lint clean
+
+setup:
+	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 not found (install it, or pass PYTHON312=/path/to/python3.12)"; exit 1; }
+	@test -x $(PY) || $(PYTHON312) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -c "import megatron.core, torch; print('megatron-core', megatron.core.__version__, '| torch', torch.__version__)"
+
+test:
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast:
+	$(PY) -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+
+demo:
+	$(PY) examples/demo/run_demo.py
+
+lint:
+	$(PY) -m ruff check megatron_qwen tools tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
