@@ -1,0 +1,211 @@
+"""The typed configuration tree: the single source of truth for every run.
+
+Hydra only composes YAML onto these dataclasses and applies command-line overrides; every cross-field
+rule is checked in one place, `validate()`, before any process group exists, and each error names the
+fields involved and the fix. Sections are owned by the subsystem that reads them (model/, platform/,
+data/, training/, launch/), but they live here so the whole tree can be read in one sitting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the fields and the fix."""
+
+
+@dataclass
+class YarnConfig:
+    """YaRN RoPE scaling (HF `rope_scaling: {type: yarn, ...}`); all seven megatron-core `yarn_*` values."""
+
+    enabled: bool = False
+    factor: float = 4.0
+    original_max_position_embeddings: int = 32768
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    # attention factor = (0.1·mscale·ln(factor) + 1) / (0.1·mscale_all_dim·ln(factor) + 1) = 0.1·ln(factor) + 1
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+    correction_range_round_to_int: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """Architecture (Hugging Face config.json values) plus how the layers are implemented."""
+
+    name: str = "tiny"
+    num_layers: int = 2
+    hidden_size: int = 64
+    ffn_hidden_size: int = 176
+    num_attention_heads: int = 4
+    num_query_groups: int = 2
+    kv_channels: int = 16
+    # Embedding rows (HF `vocab_size`): already padded, so Megatron must not pad further.
+    vocab_size: int = 512
+    tie_word_embeddings: bool = True
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    max_position_embeddings: int = 32768
+    yarn: YarnConfig = field(default_factory=YarnConfig)
+    init_method_std: float = 0.02
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    # "auto": Transformer Engine spec when TE and CUDA are present, else the local spec.
+    transformer_impl: str = "auto"
+    # Activation recomputation: None, "selective" (core attention) or "full" (whole layers).
+    recompute_granularity: str | None = None
+    recompute_method: str | None = None  # "uniform" or "block" with full recomputation
+    recompute_num_layers: int | None = None
+    # FP8 through Transformer Engine (Hopper and newer only): None, "delayed", "tensorwise", "mxfp8", "blockwise".
+    fp8_recipe: str | None = None
+    fp8_format: str = "hybrid"  # "e4m3" or "hybrid" (e4m3 forward, e5m2 backward)
+    fp8_amax_history_len: int = 1024
+    fp8_amax_compute_algo: str = "max"
+
+
+@dataclass
+class ParallelConfig:
+    """How the world is split: world_size = tp · pp · cp · dp."""
+
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    virtual_pipeline_model_parallel_size: int | None = None
+    context_parallel_size: int = 1
+    data_parallel_size: int | None = None  # None: derived from the world size
+    sequence_parallel: bool = False
+    use_distributed_optimizer: bool = False
+    cp_comm_type: str = "p2p"  # p2p, all_gather, a2a, a2a+p2p (TE); the local attention all-gathers K/V
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+
+
+@dataclass
+class DataConfig:
+    """What the model reads: sequence length plus the dataset blend (filled by the training stack)."""
+
+    seq_length: int = 128
+    # Megatron blend: [weight, prefix, weight, prefix, ...] or a list of prefixes; None means mock data.
+    blend: list[Any] | None = None
+    split: str = "98,2,0"
+    num_workers: int = 0
+    mock: bool = False
+    packed_sequences: bool = False
+
+
+@dataclass
+class Config:
+    """The whole tree; Hydra composes `hydra/` YAML onto it."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    seed: int = 1234
+
+
+_FP8_RECIPES = (None, "delayed", "tensorwise", "mxfp8", "blockwise")
+_CP_COMM_TYPES = ("p2p", "all_gather", "a2a", "a2a+p2p")
+
+
+def derive_data_parallel_size(parallel: ParallelConfig, world_size: int) -> int:
+    """dp = world / (tp·pp·cp); errors when the world size does not divide."""
+    p = parallel
+    model_parallel = p.tensor_model_parallel_size * p.pipeline_model_parallel_size * p.context_parallel_size
+    if world_size % model_parallel != 0:
+        raise ConfigError(
+            f"world size ({world_size}) must be divisible by tensor_model_parallel_size "
+            f"({p.tensor_model_parallel_size}) x pipeline_model_parallel_size ({p.pipeline_model_parallel_size}) "
+            f"x context_parallel_size ({p.context_parallel_size}) = {model_parallel}; "
+            "change the parallel sizes or the number of processes"
+        )
+    dp = world_size // model_parallel
+    if p.data_parallel_size is not None and p.data_parallel_size != dp:
+        raise ConfigError(
+            f"world size ({world_size}) must equal tensor_model_parallel_size ({p.tensor_model_parallel_size}) "
+            f"x pipeline_model_parallel_size ({p.pipeline_model_parallel_size}) x context_parallel_size "
+            f"({p.context_parallel_size}) x data_parallel_size ({p.data_parallel_size}); "
+            f"set data_parallel_size={dp} or leave it unset"
+        )
+    return dp
+
+
+def validate_model_parallel(model: ModelConfig, parallel: ParallelConfig, seq_length: int) -> None:
+    """Cross-field rules between the architecture, the layout and the sequence length."""
+    p, m = parallel, model
+    tp, pp, cp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size, p.context_parallel_size
+    vpp = p.virtual_pipeline_model_parallel_size
+    for name, value in (
+        ("tensor_model_parallel_size", tp),
+        ("pipeline_model_parallel_size", pp),
+        ("context_parallel_size", cp),
+    ):
+        if value < 1:
+            raise ConfigError(f"parallel.{name} ({value}) must be >= 1")
+    if m.num_attention_heads % tp:
+        raise ConfigError(
+            f"num_attention_heads ({m.num_attention_heads}) must be divisible by "
+            f"tensor_model_parallel_size ({tp}); choose a tensor_model_parallel_size that divides it"
+        )
+    if m.num_query_groups % tp:
+        raise ConfigError(
+            f"num_query_groups ({m.num_query_groups}) must be divisible by tensor_model_parallel_size ({tp}); "
+            f"use tensor_model_parallel_size <= {m.num_query_groups} that divides it"
+        )
+    if m.num_attention_heads % m.num_query_groups:
+        raise ConfigError(
+            f"num_attention_heads ({m.num_attention_heads}) must be divisible by num_query_groups "
+            f"({m.num_query_groups})"
+        )
+    if m.vocab_size % tp:
+        raise ConfigError(
+            f"vocab_size ({m.vocab_size}) must be divisible by tensor_model_parallel_size ({tp}) "
+            "so the embedding keeps its Hugging Face shape"
+        )
+    if vpp is not None:
+        if vpp < 1:
+            raise ConfigError(f"virtual_pipeline_model_parallel_size ({vpp}) must be >= 1 or null")
+        if pp < 2 and vpp > 1:
+            raise ConfigError(
+                f"virtual_pipeline_model_parallel_size ({vpp}) needs pipeline_model_parallel_size > 1 "
+                f"(got {pp}); unset virtual_pipeline_model_parallel_size"
+            )
+    stages = pp * (vpp or 1)
+    if m.num_layers % stages:
+        raise ConfigError(
+            f"num_layers ({m.num_layers}) must be divisible by pipeline_model_parallel_size ({pp}) "
+            f"x virtual_pipeline_model_parallel_size ({vpp or 1}) = {stages}"
+        )
+    if cp > 1 and seq_length % (2 * cp):
+        raise ConfigError(
+            f"seq_length ({seq_length}) must be divisible by 2 x context_parallel_size ({2 * cp}) "
+            "for the load-balanced context-parallel split"
+        )
+    if p.sequence_parallel:
+        if tp < 2:
+            raise ConfigError(
+                "sequence_parallel needs tensor_model_parallel_size > 1 "
+                f"(got {tp}); set parallel.sequence_parallel=false"
+            )
+        if (seq_length // cp) % tp:
+            raise ConfigError(
+                f"seq_length ({seq_length}) / context_parallel_size ({cp}) must be divisible by "
+                f"tensor_model_parallel_size ({tp}) with sequence_parallel"
+            )
+    if p.cp_comm_type not in _CP_COMM_TYPES:
+        raise ConfigError(f"parallel.cp_comm_type ({p.cp_comm_type!r}) must be one of {_CP_COMM_TYPES}")
+    if m.fp8_recipe not in _FP8_RECIPES:
+        raise ConfigError(f"model.fp8_recipe ({m.fp8_recipe!r}) must be one of {_FP8_RECIPES}")
+    if m.recompute_granularity not in (None, "selective", "full"):
+        raise ConfigError(
+            f"model.recompute_granularity ({m.recompute_granularity!r}) must be null, 'selective' or 'full'"
+        )
+    if m.recompute_granularity == "full" and m.recompute_method not in ("uniform", "block"):
+        raise ConfigError(
+            "model.recompute_granularity='full' needs model.recompute_method 'uniform' or 'block' "
+            f"(got {m.recompute_method!r})"
+        )
+    if m.transformer_impl not in ("auto", "local", "transformer_engine"):
+        raise ConfigError(
+            f"model.transformer_impl ({m.transformer_impl!r}) must be 'auto', 'local' or 'transformer_engine'"
+        )
