@@ -8,7 +8,9 @@ queue, and a failure on any rank is re-raised here with that rank's traceback.
 from __future__ import annotations
 
 import os
+import queue as queue_mod
 import socket
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -49,20 +51,28 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
 def run_workers(world_size: int, fn: Callable, *args: Any, timeout: float = 600.0) -> list[Any]:
     """fn(*args) on `world_size` processes with RANK/WORLD_SIZE/MASTER_* set; results by rank."""
     ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
+    queue = ctx.Queue()
     port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue)) for r in range(world_size)]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
     errors: list[str] = []
-    for _ in range(world_size):
-        rank, ok, payload = queue.get()
+    deadline = time.monotonic() + timeout
+    while len(results) < world_size and not errors:
+        try:
+            rank, ok, payload = queue.get(timeout=1.0)
+        except queue_mod.Empty:
+            dead = [i for i, p in enumerate(procs) if p.exitcode not in (None, 0) and i not in results]
+            if dead:
+                errors.append(f"rank {dead[0]} exited with code {procs[dead[0]].exitcode} without a result")
+            elif time.monotonic() > deadline:
+                errors.append(f"timed out after {timeout:.0f} s waiting for ranks")
+            continue
         if ok:
             results[rank] = payload
         else:
             errors.append(f"rank {rank} failed:\n{payload}")
-            break
     for p in procs:
         p.join(timeout=5 if errors else timeout)
         if p.is_alive():
