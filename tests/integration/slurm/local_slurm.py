@@ -1,0 +1,251 @@
+"""A real one-node Slurm cluster on this machine, for the launcher's integration tests.
+
+munged runs with its own key and socket, slurmctld and slurmd with a generated slurm.conf: the node is
+this host (`hostname -s`) with `nproc` CPUs, the daemons listen on free loopback ports, and state, spool
+and logs live in one temporary directory. No cgroups, no accounting database: job states are read with
+`scontrol show job`. Every daemon runs in the foreground as a child of the test process and is stopped
+by its pid. Client commands find the cluster through `SLURM_CONF` in `LocalSlurm.env`, which jobs
+inherit (sbatch exports the submitting environment).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.conftest import free_port
+
+DAEMONS = ("munged", "slurmctld", "slurmd")
+CLIENTS = ("munge", "sbatch", "scontrol", "scancel", "squeue", "sinfo", "srun")
+TERMINAL_STATES = {
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+}
+
+
+class SlurmStartError(RuntimeError):
+    """A daemon did not come up; the message carries the end of its log."""
+
+
+def find_binary(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (str(p) for p in (Path("/usr/sbin") / name, Path("/sbin") / name) if os.access(p, os.X_OK)), None
+    )
+
+
+def missing_binaries() -> list[str]:
+    return [name for name in DAEMONS + CLIENTS if find_binary(name) is None]
+
+
+def poll(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    """Call `predicate` until it returns something truthy; TimeoutError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    if not path.exists():
+        return f"<{path} does not exist>"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class LocalSlurm:
+    """The running cluster: its directory, node, environment for client commands, and daemons."""
+
+    root: Path
+    node: str
+    cpus: int
+    partition: str = "debug"
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "slurm.conf"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> None:
+        for sub in ("munge", "munge/key", "state", f"spool/{self.node}", "log"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root / "munge", 0o755)  # clients must reach the socket
+        os.chmod(self.root / "munge/key", 0o700)
+        self._start_munged(timeout)
+        self.conf.write_text(self.render_conf())
+        self._spawn("slurmctld", [find_binary("slurmctld"), "-D", "-i", "-f", str(self.conf)])
+        poll(lambda: self._alive("slurmctld") and self.run("scontrol", "ping", check=False).returncode == 0,
+             timeout, "slurmctld to answer `scontrol ping`")
+        self._spawn("slurmd", [find_binary("slurmd"), "-D", "-f", str(self.conf), "-N", self.node])
+        poll(lambda: self._alive("slurmd") and self.node_state().startswith("IDLE"),
+             timeout, f"node {self.node} to become IDLE")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel our jobs, wait for them to leave, then stop slurmd, slurmctld and munged by pid."""
+        if self.procs.get("slurmctld") is not None and self._alive("slurmctld"):
+            self.run("scancel", "--user", str(os.getuid()), check=False)
+            try:
+                poll(lambda: not self.run("squeue", "-h", "-t", "R,CG", check=False).stdout.strip(),
+                     timeout, "jobs to leave the node")
+            except TimeoutError:
+                pass  # the daemons are stopped below either way
+        for name in reversed(DAEMONS):
+            proc = self.procs.pop(name, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+
+    def render_conf(self) -> str:
+        r = self.root
+        return "\n".join([
+            "# Generated by tests/integration/slurm/local_slurm.py: a one-node cluster on loopback.",
+            "ClusterName=mqtest",
+            "SlurmctldHost=%s(127.0.0.1)" % self.node,
+            f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}",
+            f"SlurmUser={_user()}",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={r}/munge/munge.socket",
+            f"StateSaveLocation={r}/state",
+            f"SlurmdSpoolDir={r}/spool/%n",
+            f"SlurmctldPidFile={r}/slurmctld.pid",
+            f"SlurmdPidFile={r}/slurmd.pid",
+            f"SlurmctldLogFile={r}/log/slurmctld.log",
+            f"SlurmdLogFile={r}/log/slurmd.log",
+            "SlurmctldDebug=info",
+            "SlurmdDebug=info",
+            "MailProg=/bin/true",
+            # No cgroups: processes are tracked through /proc and tasks are not bound.
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "SwitchType=switch/none",
+            "MpiDefault=none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_CPU",
+            # FIFO, evaluated on every submit and completion; dependants of a failed job are cancelled.
+            "SchedulerType=sched/builtin",
+            "SchedulerParameters=sched_min_interval=0,kill_invalid_depend",
+            "JobRequeue=1",
+            "ReturnToService=2",
+            # Short timeouts keep a broken test from hanging; jobs stay visible to scontrol for 10 min.
+            "SlurmctldTimeout=30",
+            "SlurmdTimeout=30",
+            "MessageTimeout=10",
+            "KillWait=5",
+            "MinJobAge=600",
+            "InactiveLimit=0",
+            "SlurmdParameters=config_overrides",
+            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN",
+            f"PartitionName={self.partition} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ])
+
+    def _start_munged(self, timeout: float) -> None:
+        key = self.root / "munge/key/munge.key"
+        key.write_bytes(os.urandom(128))
+        os.chmod(key, 0o600)
+        m = self.root / "munge"
+        self._spawn("munged", [
+            find_binary("munged"), "--foreground", "--force", f"--socket={m}/munge.socket",
+            f"--key-file={key}", f"--pid-file={m}/munged.pid", f"--seed-file={m}/munged.seed",
+            f"--log-file={self.logs}/munged.log",
+        ])
+
+        def works() -> bool:
+            if not self._alive("munged"):
+                return False
+            cred = subprocess.run([find_binary("munge"), "-n", "-S", f"{m}/munge.socket"], capture_output=True)
+            return cred.returncode == 0
+
+        poll(works, timeout, "munged to issue a credential")
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        out = open(self.logs / f"{name}.out", "wb")  # noqa: SIM115 - closed when the process ends
+        self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                            stdin=subprocess.DEVNULL)
+        out.close()
+
+    def _alive(self, name: str) -> bool:
+        proc = self.procs[name]
+        if proc.poll() is None:
+            return True
+        logs = [self.logs / f"{name}.out", self.logs / f"{name}.log"]
+        raise SlurmStartError(
+            f"{name} exited with code {proc.returncode}; log:\n" + "\n".join(_tail(p) for p in logs)
+        )
+
+    # --- client commands -------------------------------------------------------------------------
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        binary = find_binary(argv[0]) or argv[0]
+        result = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, env=self.env,
+                                timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def node_state(self) -> str:
+        out = self.run("scontrol", "show", "node", self.node, "-o", check=False).stdout
+        return _fields(out).get("State", "")
+
+    def job(self, job_id: str | int) -> dict[str, str]:
+        """`scontrol show job -o` as a dict (JobState, Reason, Restarts, StartTime, EndTime, ...)."""
+        return _fields(self.run("scontrol", "show", "job", "-o", str(job_id)).stdout)
+
+    def wait_job(self, job_id: str | int, timeout: float = 120.0) -> dict[str, str]:
+        """Poll until the job is in a terminal state; returns its final fields."""
+        def finished() -> dict[str, str] | None:
+            fields = self.job(job_id)
+            return fields if fields.get("JobState") in TERMINAL_STATES else None
+
+        return poll(finished, timeout, f"job {job_id} to finish")
+
+    def submit_wrap(self, command: str, *sbatch_args: str) -> str:
+        out = self.run("sbatch", "--parsable", *sbatch_args, "--wrap", command).stdout
+        return out.strip().split(";")[0]
+
+
+def _fields(line: str) -> dict[str, str]:
+    fields = {}
+    for token in line.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            fields[key] = value
+    return fields
+
+
+def _user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def short_hostname() -> str:
+    return socket.gethostname().split(".")[0]
