@@ -82,6 +82,31 @@ class ParallelConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where the job runs (read by launch/): `local` runs the stages here, `slurm` submits sbatch jobs."""
+
+    kind: str = "local"  # "local" or "slurm"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0: a CPU job (gloo); with GPUs, one task per GPU
+    tasks_per_node: int | None = None  # None: gpus_per_node, or 1 on CPU
+    cpus_per_task: int | None = None
+    mem: str | None = None  # sbatch --mem, e.g. "0" for the whole node
+    time_limit: str = "04:00:00"  # sbatch --time: [days-]hours:minutes:seconds
+    # Enroot/pyxis container for srun (None: run in the environment the setup lines prepare).
+    container_image: str | None = None
+    container_mounts: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)  # shell lines run before srun (modules, venv, exports)
+    sbatch_args: list[str] = field(default_factory=list)  # extra `#SBATCH` options, e.g. "--exclusive"
+    srun_args: list[str] = field(default_factory=list)  # extra srun options
+    signal_lead_seconds: int = 300  # USR1 reaches the batch shell this long before the time limit
+    max_requeues: int = 50  # a stage that keeps stopping early gives up after this many requeues
+    python: str = "python"  # the interpreter inside the job, after the setup lines
+
+
+@dataclass
 class DataConfig:
     """What the model reads: sequence length plus the dataset blend (filled by the training stack)."""
 
@@ -100,6 +125,7 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 1234
 
