@@ -89,7 +89,7 @@ def build_transformer_config(
         persist_layer_norm=False,
         # Initialize full weights on the CPU then shard: the same model at every TP size.
         use_cpu_initialization=not on_gpu,
-        yarn_rotary_scaling_factor=y.factor,
+        yarn_rotary_scaling_factor=y.factor if y.enabled else 1.0,  # attention reads it for plain RoPE too
         yarn_original_max_position_embeddings=y.original_max_position_embeddings,
         yarn_beta_fast=y.beta_fast,
         yarn_beta_slow=y.beta_slow,
