@@ -120,6 +120,22 @@ class DataConfig:
 
 
 @dataclass
+class OptimConfig:
+    """AdamW with warmup, then cosine or warmup-stable-decay (WSD), and gradient clipping."""
+
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    warmup_steps: int = 0
+    schedule: str = "cosine"  # "cosine", "wsd" or "constant"
+    wsd_decay_steps: int = 0
+
+
+@dataclass
 class Config:
     """The whole tree; Hydra composes `hydra/` YAML onto it."""
 
@@ -127,6 +143,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 1234
 
 

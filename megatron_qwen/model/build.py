@@ -87,6 +87,10 @@ def build_transformer_config(
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
+        # Batched p2p posts send_prev before send_next; with PP=2 both go to the same peer, and gloo
+        # matches same-tag messages in posting order, so an activation and a gradient can swap. The
+        # unbatched path orders sends and receives by rank parity, which pairs them correctly.
+        batch_p2p_comm=on_gpu,
         # Initialize full weights on the CPU then shard: the same model at every TP size.
         use_cpu_initialization=not on_gpu,
         yarn_rotary_scaling_factor=y.factor if y.enabled else 1.0,  # attention reads it for plain RoPE too

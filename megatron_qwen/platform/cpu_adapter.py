@@ -4,7 +4,8 @@ megatron-core assumes CUDA in a few hundred places. Rather than forking it, we i
 process and only when CUDA is absent, a small set of stand-ins (DESIGN §3):
 
 1. `_CudaToCpu`, a `TorchFunctionMode` that rewrites CUDA devices (`"cuda"`, `"cuda:0"`, `0`,
-   `torch.device("cuda")`) to the CPU in every torch call, turns `Tensor.cuda()` into a no-op, and answers
+   `torch.device("cuda")`) to the CPU in every torch call made outside autograd's backward (where
+   modes are not active; `torch.cuda.current_device()` returning the CPU device covers that), turns `Tensor.cuda()` into a no-op, and answers
    `Tensor.type()` with the CUDA type name for CPU tensors (the optimizer and gradient clipping compare
    `param.type()` with `'torch.cuda.FloatTensor'`).
 2. CPU stand-ins for the CUDA functions megatron calls directly: `current_device`, streams and events,
@@ -135,12 +136,31 @@ def _cpu_rng_set(new_state, device=-1, graph_safe=False, *args, **kwargs):
     torch.set_rng_state(new_state)
 
 
+@contextlib.contextmanager
+def _outside_coalescing(group):
+    """Run a collective now, even inside megatron's `_coalescing_manager` block.
+
+    Inside that block torch records an `all_reduce` and runs it only when the block exits, so a shim
+    that reads the result right away would read unreduced data.
+    """
+    from torch.distributed import distributed_c10d as c10d
+
+    key = group if group is not None else c10d._get_default_group()
+    pending = c10d._world.pg_coalesce_state.pop(key, None)
+    try:
+        yield
+    finally:
+        if pending is not None:
+            c10d._world.pg_coalesce_state[key] = pending
+
+
 def _reduce_scatter_tensor(output, input, op=dist.ReduceOp.SUM, group=None, async_op=False):
     """reduce_scatter_tensor for gloo: all-reduce a copy, keep this rank's slice of dim 0."""
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     reduced = input.detach().clone().contiguous()
-    dist.all_reduce(reduced, op=op, group=group)
+    with _outside_coalescing(group):
+        dist.all_reduce(reduced, op=op, group=group)
     chunk = reduced.shape[0] // world
     output.copy_(reduced[rank * chunk : (rank + 1) * chunk].view_as(output))
     return _DoneWork() if async_op else None
@@ -150,7 +170,8 @@ def _all_gather_into_tensor(output, input, group=None, async_op=False):
     """all_gather_into_tensor for gloo: gather into a list, then concatenate along dim 0."""
     world = dist.get_world_size(group)
     parts = [torch.empty_like(input) for _ in range(world)]
-    dist.all_gather(parts, input.contiguous(), group=group)
+    with _outside_coalescing(group):
+        dist.all_gather(parts, input.contiguous(), group=group)
     output.copy_(torch.cat(parts, dim=0).view_as(output))
     return _DoneWork() if async_op else None
 
@@ -179,7 +200,9 @@ def _rebind_collectives() -> None:
 
 def _patch_torch_cuda() -> None:
     cuda = torch.cuda
-    cuda.current_device = lambda: 0
+    # The CPU device itself, not the ordinal 0: `device=torch.cuda.current_device()` is megatron's
+    # usual idiom, and inside autograd's backward our TorchFunctionMode is not on the stack to map it.
+    cuda.current_device = lambda: _CPU
     cuda.device_count = lambda: 1
     cuda.set_device = lambda device: None
     cuda.synchronize = lambda device=None: None
@@ -192,7 +215,9 @@ def _patch_torch_cuda() -> None:
     cuda.random.get_rng_state = _cpu_rng_get
     cuda.set_rng_state = _cpu_rng_set
     cuda.random.set_rng_state = _cpu_rng_set
-    cuda.manual_seed = lambda seed: None
+    # Seeding "CUDA" seeds the CPU generator, so megatron's tracker and initialization are reproducible.
+    # (torch.manual_seed itself calls cuda.manual_seed_all, so that one stays a no-op.)
+    cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
     cuda.manual_seed_all = lambda seed: None
     cuda.memory_allocated = lambda device=None: 0
     cuda.max_memory_allocated = lambda device=None: 0
