@@ -1,0 +1,47 @@
+"""A step counter that follows the trainer's requeue contract, to test the batch script's control flow.
+
+Not a trainer: it "trains" by sleeping and appending `<restart> <step>` lines to steps.<rank>. It
+resumes after the last step it recorded, stops cleanly (status 0, no FINISHED) on USR1, writes FINISHED
+through `mark_finished()` when it reaches the end, and exits with `--fail-with` when told to.
+Usage: python counter_job.py DIR STEPS [--fail-with CODE]
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from megatron_qwen.launch.preemption import StopSignal, mark_finished
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("steps", type=int)
+    parser.add_argument("--fail-with", type=int, default=0)
+    args = parser.parse_args()
+    rank = int(os.environ["SLURM_PROCID"])
+    restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+    stop = StopSignal.install()
+    record = args.dir / f"steps.{rank}"
+    lines = record.read_text().split("\n") if record.exists() else []
+    done = [int(line.split()[1]) for line in lines if line.strip()]
+    start = done[-1] + 1 if done else 0
+    if args.fail_with:
+        print(f"rank {rank}: failing with {args.fail_with}", flush=True)
+        return args.fail_with
+    for step in range(start, args.steps):
+        time.sleep(0.25)
+        with record.open("a") as f:
+            f.write(f"{restart} {step}\n")
+        print(f"rank {rank} restart {restart} step {step}", flush=True)
+        if stop.requested:
+            print(f"rank {rank}: USR1 after step {step}, stopping", flush=True)
+            return 0
+    mark_finished(rank=rank)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
