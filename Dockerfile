@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1.6
 # GPU image: NGC PyTorch (CUDA, NCCL, cuDNN, Transformer Engine and NVIDIA apex prebuilt) + this project.
 # Build: docker build -t megatron-qwen .   Run on a cluster through enroot/pyxis (see README, "Slurm").
 # NGC 25.x images ship Python 3.12, which megatron-core 0.19 needs.
