@@ -8,7 +8,6 @@ makes megatron's `finalize_model_grads` all-reduce it across the TP group.
 from __future__ import annotations
 
 import torch
-
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 
@@ -17,7 +16,7 @@ class RMSNorm(torch.nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
-        setattr(self.weight, "sequence_parallel", config.sequence_parallel)
+        self.weight.sequence_parallel = config.sequence_parallel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Same order of operations as transformers' Qwen2RMSNorm: normalize in fp32, then scale.

@@ -11,7 +11,12 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from megatron_qwen.config import ModelConfig, ParallelConfig, derive_data_parallel_size, validate_model_parallel
+from megatron_qwen.config import (
+    ModelConfig,
+    ParallelConfig,
+    derive_data_parallel_size,
+    validate_model_parallel,
+)
 from megatron_qwen.launch.env import DistEnv, read_dist_env
 from megatron_qwen.platform import cpu_adapter
 

@@ -90,8 +90,8 @@ def train_layout(preset: str, parallel: ParallelConfig, init_dir: str | None, sa
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     losses = []
-    for step in range(steps):
-        mbs = microbatches_for_rank(global_batch(model_cfg.vocab_size), dp_rank, dp_size)
+    mbs = microbatches_for_rank(global_batch(model_cfg.vocab_size), dp_rank, dp_size)
+    for _ in range(steps):
         result = train_step(wrapped, optimizer, mbs, SEQ, MICRO_BATCH)
         losses.append(result.loss)
     _save(chunks, final_dir)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from megatron_qwen.model import build, specs
 from megatron_qwen.config import ParallelConfig
+from megatron_qwen.model import build, specs
 from megatron_qwen.model.presets import get_preset
 
 
