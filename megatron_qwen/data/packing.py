@@ -1,0 +1,210 @@
+"""SFT samples: whole conversations packed into fixed-length sequences with `cu_seqlens` boundaries.
+
+Why it exists: fine-tuning data is many short conversations; padding each to the stage's length wastes
+most of the compute. Packing puts several conversations in one sequence, and `cu_seqlens` tells the
+attention (packed, block-diagonal causal: DESIGN §3) where each one starts, so no conversation attends to
+another. A conversation is never split across samples.
+
+Input: the output of `tools/preprocess_data.py --mode sft` (or `sft-fim`): `{prefix}_text_document` and
+`{prefix}_loss_mask_document`, one conversation per document (one sequence each), same lengths.
+
+Per conversation of n tokens `t` with loss mask `m`, the sample holds n-1 positions:
+    tokens = t[:-1], labels = t[1:], loss_mask = m[1:], position_ids = 0..n-2
+so a label never comes from the next conversation. A packed sample of `seq_length` positions is
+    tokens/labels/loss_mask/position_ids: [seq_length]   (the tail is padding: pad_id, loss 0)
+    cu_seqlens: [0, n1-1, n1-1+n2-1, ..., used, seq_length]  (int32; the padding, if any, is the last segment)
+    segment_ids: the segment of every position (0, 1, ...; the padding segment has the last id)
+`collate_packed` stacks samples into a batch and flattens `cu_seqlens` over it (THD layout).
+
+Packing is best-fit decreasing over the positions per conversation (deterministic); samples are then
+shuffled with `seed`. `pack=False` gives one conversation per sample, padded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+OVERLONG = ("error", "truncate", "drop")
+
+
+class _FreeSpace:
+    """Bins by remaining capacity: put/take a bin, and find the smallest capacity >= n in O(log C)."""
+
+    def __init__(self, capacity: int):
+        self.size = 1 << max(1, int(capacity)).bit_length()
+        self.count = [0] * (2 * self.size)  # segment tree of bin counts over capacities 0..size-1
+        self.bins: dict[int, list[int]] = {}
+
+    def _add(self, c: int, delta: int) -> None:
+        i = c + self.size
+        while i:
+            self.count[i] += delta
+            i //= 2
+
+    def put(self, c: int, b: int) -> None:
+        self.bins.setdefault(c, []).append(b)
+        self._add(c, 1)
+
+    def take_at_least(self, n: int) -> tuple[int, int] | None:
+        """Remove and return (capacity, bin) with the smallest capacity >= n (the latest such bin), or None."""
+        c = self._first_at_least(n)
+        if c is None:
+            return None
+        b = self.bins[c].pop()
+        self._add(c, -1)
+        return c, b
+
+    def _first_at_least(self, n: int) -> int | None:
+        count, i = self.count, n + self.size
+        if n >= self.size:
+            return None
+        if count[i]:
+            return n
+        while i > 1:  # climb until a right sibling (indices just above ours) holds a bin
+            if i % 2 == 0 and count[i + 1]:
+                i += 1
+                break
+            i //= 2
+        else:
+            return None
+        while i < self.size:  # then descend to its leftmost non-empty leaf
+            i = 2 * i if count[2 * i] else 2 * i + 1
+        return i - self.size
+
+
+def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group items (their sizes in `lengths`, each 1..capacity) into bins of total size <= capacity.
+
+    Best-fit decreasing: largest items first, each into the fullest bin it fits. Items inside a bin are
+    listed in index order. Deterministic.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if lengths.size and (lengths.min() < 1 or lengths.max() > capacity):
+        bad = int(np.flatnonzero((lengths < 1) | (lengths > capacity))[0])
+        raise ValueError(f"item {bad} has size {int(lengths[bad])}, outside 1..{capacity}")
+    free = _FreeSpace(capacity)
+    bins: list[list[int]] = []
+    for i in np.argsort(-lengths, kind="stable").tolist():
+        n = int(lengths[i])
+        found = free.take_at_least(n)
+        if found is None:
+            c, b = capacity, len(bins)
+            bins.append([])
+        else:
+            c, b = found
+        bins[b].append(i)
+        if c - n > 0:
+            free.put(c - n, b)
+    return [sorted(b) for b in bins]
+
+
+def build_sample(docs: Sequence[tuple[np.ndarray, np.ndarray]], seq_length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Conversations (token ids, loss mask) -> one packed sample of `seq_length` positions (see module doc)."""
+    tokens = np.full(seq_length, pad_id, dtype=np.int64)
+    labels = np.full(seq_length, pad_id, dtype=np.int64)
+    loss_mask = np.zeros(seq_length, dtype=np.float32)
+    position_ids = np.zeros(seq_length, dtype=np.int64)
+    segment_ids = np.zeros(seq_length, dtype=np.int32)
+    cu = [0]
+    for k, (ids, mask) in enumerate(docs):
+        if len(ids) != len(mask):
+            raise ValueError(f"conversation {k}: {len(ids)} tokens but {len(mask)} loss-mask values")
+        n = len(ids) - 1
+        start = cu[-1]
+        if n < 1 or start + n > seq_length:
+            raise ValueError(f"conversation {k} ({len(ids)} tokens) does not fit: {start} of {seq_length} used")
+        tokens[start:start + n] = ids[:-1]
+        labels[start:start + n] = ids[1:]
+        loss_mask[start:start + n] = mask[1:]
+        position_ids[start:start + n] = np.arange(n)
+        segment_ids[start:start + n] = k
+        cu.append(start + n)
+    if cu[-1] < seq_length:
+        pad = seq_length - cu[-1]
+        position_ids[cu[-1]:] = np.arange(pad)
+        segment_ids[cu[-1]:] = len(docs)
+        cu.append(seq_length)
+    return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
+            "segment_ids": segment_ids, "cu_seqlens": np.asarray(cu, dtype=np.int32)}
+
+
+def collate_packed(samples: Sequence[dict]) -> dict:
+    """Stack samples into [B, S] tensors; `cu_seqlens` covers the flattened batch (sample b offset by b*S)."""
+    import torch
+
+    out = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in
+           ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")}
+    seq_length = samples[0]["tokens"].shape[0]
+    cu = [np.asarray(s["cu_seqlens"][:-1 if b < len(samples) - 1 else None]) + b * seq_length
+          for b, s in enumerate(samples)]
+    cu_seqlens = np.concatenate(cu).astype(np.int32)
+    out["cu_seqlens"] = torch.from_numpy(cu_seqlens)
+    out["max_seqlen"] = int(np.diff(cu_seqlens).max())
+    return out
+
+
+class PackedSFTDataset:
+    """Packed (or padded) SFT samples over `{prefix}_text_document` + `{prefix}_loss_mask_document`.
+
+    `seq_length` is the stage's sequence length; a conversation needs at most seq_length + 1 tokens.
+    Longer ones: `overlong="error"` (default: preprocess with `--sft-seq-length` instead), `"truncate"`
+    (keep the first seq_length + 1 tokens) or `"drop"`; both counted in `stats`.
+    """
+
+    def __init__(self, prefix: str, seq_length: int, pad_id: int, *, pack: bool = True, shuffle: bool = True,
+                 seed: int = 1234, overlong: str = "error"):
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        if overlong not in OVERLONG:
+            raise ValueError(f"overlong must be one of {OVERLONG}, got {overlong!r}")
+        self.seq_length, self.pad_id, self.overlong = seq_length, pad_id, overlong
+        self.tokens = IndexedDataset(f"{prefix}_text_document")
+        self.masks = IndexedDataset(f"{prefix}_loss_mask_document")
+        self._check_alignment(prefix)
+        positions = self.tokens.sequence_lengths.astype(np.int64) - 1
+        too_long = positions > seq_length
+        self.stats = {"conversations": int(positions.size), "too_short": int((positions < 1).sum()),
+                      "overlong": int(too_long.sum()), "overlong_policy": overlong}
+        if too_long.any() and overlong == "error":
+            i = int(np.flatnonzero(too_long)[0])
+            raise ValueError(
+                f"{prefix}_text_document: conversation {i} has {positions[i] + 1} tokens, more than seq_length + 1 = "
+                f"{seq_length + 1} ({self.stats['overlong']} such); preprocess with --sft-seq-length {seq_length}, "
+                "or pass overlong='truncate' or 'drop'")
+        if overlong == "truncate":
+            positions = np.minimum(positions, seq_length)
+        keep = np.flatnonzero((positions >= 1) & (positions <= seq_length))
+        groups = pack_bins(positions[keep], seq_length) if pack else [[k] for k in range(keep.size)]
+        self.samples = [keep[g].tolist() for g in groups]
+        if shuffle:
+            order = np.random.default_rng(seed).permutation(len(self.samples))
+            self.samples = [self.samples[i] for i in order]
+        used = int(positions[keep].sum())
+        self.stats.update(samples=len(self.samples), kept=int(keep.size),
+                          padding_fraction=1 - used / max(1, len(self.samples) * seq_length))
+        log.info("%s: %s", prefix, self.stats)
+
+    def _check_alignment(self, prefix: str) -> None:
+        t, m = self.tokens, self.masks
+        if len(t.document_indices) != len(t) + 1:
+            raise ValueError(f"{prefix}_text_document has documents of several sequences; SFT data has one "
+                             "conversation per document (is this DPO data? use preference.PreferenceDataset)")
+        if not np.array_equal(t.sequence_lengths, m.sequence_lengths):
+            raise ValueError(f"{prefix}_loss_mask_document does not match {prefix}_text_document "
+                             f"({len(m)} vs {len(t)} sequences, or different lengths)")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def conversation(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Conversation i (token ids, loss mask), truncated to seq_length + 1 tokens."""
+        n = min(int(self.tokens.sequence_lengths[i]), self.seq_length + 1)
+        return self.tokens.get(i, 0, n), self.masks.get(i, 0, n)
+
+    def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
+        return build_sample([self.conversation(i) for i in self.samples[idx]], self.seq_length, self.pad_id)
