@@ -120,8 +120,9 @@ class TiktokenEncoder:
         return text
 
     def encode(self, text: str) -> np.ndarray:
-        out = self._enc.encode_to_numpy(self._prepare(text), disallowed_special=())
-        return out.astype(np.int32, copy=False)
+        # encode_ordinary + one list->array copy beats encode_to_numpy, which takes tiktoken's slower
+        # special-token path; the wrapper also replaces lone surrogates (from JSON escapes) with U+FFFD.
+        return np.array(self._enc.encode_ordinary(self._prepare(text)), dtype=np.int32)
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         if self.threads <= 1 or len(texts) < 2:

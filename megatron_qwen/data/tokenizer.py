@@ -62,11 +62,20 @@ class _HFRawEncoder:
         self._tok = Tokenizer.from_str(json.dumps(spec))
 
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+        return np.asarray(self._tok.encode(_no_surrogates(text), add_special_tokens=False).ids, dtype=np.int32)
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        encs = self._tok.encode_batch([_no_surrogates(t) for t in texts], add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int32) for e in encs]
+
+
+def _no_surrogates(text: str) -> str:
+    """Lone surrogates (possible after JSON `\\ud800` escapes) become U+FFFD, as tiktoken does."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class QwenTokenizer:
@@ -135,11 +144,22 @@ class QwenTokenizer:
         return f"QwenTokenizer({str(self.path)!r}, vocab_size={self.vocab_size}, encoder={self.encoder_name})"
 
 
+_LOADED: dict[tuple[str, bool], QwenTokenizer] = {}
+
+
 def load_tokenizer(path: str | Path, *, fast: bool = True, require: Iterable[str] = (EOD_TOKEN,)) -> QwenTokenizer:
-    """Load a Hugging Face tokenizer directory offline and check the control tokens `require` names."""
+    """Load a Hugging Face tokenizer directory offline and check the control tokens `require` names.
+
+    Loading takes seconds (transformers builds the BPE from vocab.json/merges.txt), so a process keeps
+    one instance per (directory, fast) and returns it again.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} does not exist")
+    key = (str(path.resolve()), fast)
+    if key in _LOADED:
+        _LOADED[key].require(require, purpose="the requested formats")
+        return _LOADED[key]
     from transformers import AutoTokenizer
 
     try:
@@ -150,4 +170,5 @@ def load_tokenizer(path: str | Path, *, fast: bool = True, require: Iterable[str
         raise ValueError(f"tokenizer in {path} has no fast (Rust `tokenizers`) backend; one is required")
     tok = QwenTokenizer(path, hf, fast=fast)
     tok.require(require, purpose="the requested formats")
+    _LOADED[key] = tok
     return tok

@@ -1,0 +1,160 @@
+"""The `repo` mode: repositories packed as repo-level documents (stage 2 of DESIGN §1).
+
+Why it exists: stage 2 trains on whole repositories, `<|repo_name|>` header then `<|file_sep|>`-separated
+files in random or dependency order, with repo-level FIM on the last file of a document at `--fim-rate`.
+A repository longer than `--max-tokens` is split at file boundaries, the header repeated in every piece;
+a single file that does not fit on its own is truncated (counted as `truncated_files`). This mode encodes
+its text itself (one batch call per repository) so that it can measure pieces exactly.
+
+Input: JSONL records `{"name": ..., "files": [{"path": ..., "content": ...}, ...]}` (`repo_name` is
+accepted for `name`), or directories given with `--input-dir` (each directory is one repository; binary
+and non-UTF-8 files are skipped and counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from megatron_qwen.data.formats import ControlIds, greedy_pack, repo_fim_file_pieces, repo_file_text
+from megatron_qwen.data.modes import Document, ModeContext, Piece, SkipRecord, register_mode
+from megatron_qwen.data.modes_pretrain import add_fim_arguments
+from megatron_qwen.data.repo_order import file_order
+from megatron_qwen.data.tokenizer import EOD_TOKEN, FIM_TOKENS, REPO_TOKENS
+
+BINARY_SNIFF_BYTES = 8192
+
+
+def usable_files(record: dict, ctx: ModeContext) -> list[tuple[str, str]]:
+    """(path, content) pairs of a repo record; bad entries counted as skipped files, not fatal."""
+    files = record.get("files")
+    if not isinstance(files, list):
+        raise SkipRecord("missing field 'files'" if files is None else "field 'files' is not a list")
+    out, seen = [], set()
+    for entry in files:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        content = entry.get("content") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not path or not isinstance(content, str):
+            ctx.count("skipped_files:missing path or content")
+            continue
+        if "\x00" in content:
+            ctx.count("skipped_files:binary")
+            continue
+        if path in seen:
+            ctx.count("skipped_files:duplicate path")
+            continue
+        if ctx.decontam is not None:
+            hit = ctx.decontam.find(content)
+            if hit:
+                ctx.count(f"skipped_files:decontaminated:{hit.benchmark}")
+                ctx.removed.append({"path": path, "benchmark": hit.benchmark, "ngram": hit.ngram})
+                continue
+        seen.add(path)
+        out.append((path, content))
+    for reason, n in (record.get("_skipped_files") or {}).items():
+        ctx.count(f"skipped_files:{reason}", n)
+    return out
+
+
+def _ids(x) -> np.ndarray:
+    return np.asarray([x], dtype=np.int32)
+
+
+def _pack_piece(header: list[np.ndarray], files: list[tuple[str, str]], group: list[int], encoded: list[np.ndarray],
+                ids: ControlIds, ctx: ModeContext, budget: int | None) -> list[np.ndarray]:
+    """Token arrays of one document: header, the group's files (last one maybe FIM'd or truncated), EOD."""
+    tok = ctx.tokenizer
+    sep, eod = _ids(ids.file_sep), _ids(ids.eod)
+    body = [a for k in group[:-1] for a in (sep, encoded[k])]
+    path, content = files[group[-1]]
+    fixed = sum(a.size for a in header) + sum(a.size for a in body) + 1  # + EOD
+    if ctx.rng.random() < ctx.options.fim_rate:
+        pieces = repo_fim_file_pieces(path, content, ids, ctx.rng, ctx.options.fim_line_level)
+        last = [_ids(p.content) if isinstance(p.content, int) else tok.encode_raw_np(p.content) for p in pieces]
+        if budget is None or fixed + sum(a.size for a in last) <= budget:
+            ctx.count("fim_documents")
+            return [*header, *body, *last, eod]
+    last_text = tok.encode_raw_np(repo_file_text(path, content, last=True))
+    room = None if budget is None else budget - fixed - 1
+    if room is not None and last_text.size > room:
+        ctx.count("truncated_files")
+        ctx.count("truncated_tokens", int(last_text.size - max(room, 0)))
+        last_text = last_text[: max(room, 0)]
+    return [*header, *body, sep, last_text, eod]
+
+
+def repo(record: dict, ctx: ModeContext) -> list[Document]:
+    """A repository -> one or more repo-level documents (split at file boundaries under --max-tokens)."""
+    name = record.get("name", record.get("repo_name"))
+    if not isinstance(name, str) or not name:
+        raise SkipRecord("missing field 'name'")
+    files = usable_files(record, ctx)
+    if not files:
+        raise SkipRecord("no usable files")
+    ids = ctx.resources.get("ids") or ControlIds.of(ctx.tokenizer, repo=True)
+    files = [files[k] for k in file_order(files, ctx.options.repo_file_order, ctx.rng)]
+    tok = ctx.tokenizer
+    header = [_ids(ids.repo_name), tok.encode_raw_np(f"{name}\n")]
+    encoded = tok.encode_raw_batch_np([repo_file_text(p, c, last=False) for p, c in files])
+    budget = ctx.options.max_tokens
+    if budget is not None:
+        room = budget - sum(a.size for a in header) - 1
+        if room < 2:
+            raise SkipRecord(f"--max-tokens {budget} leaves no room after the repository header")
+        groups = greedy_pack([1 + e.size for e in encoded], room)
+    else:
+        groups = [list(range(len(files)))]
+    if len(groups) > 1:
+        ctx.count("split_repositories")
+    docs = [Document([Piece(a) for a in _pack_piece(header, files, g, encoded, ids, ctx, budget)]) for g in groups]
+    ctx.count("repo_files", len(files))
+    return docs
+
+
+def read_repo_dirs(options: argparse.Namespace):
+    """Each --input-dir directory as one repo record (hidden entries skipped; binary/non-UTF-8 files counted)."""
+    for root in options.input_dir:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"--input-dir {root} is not a directory")
+        files, skipped = [], Counter()
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                full = Path(dirpath) / fname
+                if fname.startswith(".") or full.is_symlink() or not full.is_file():
+                    continue
+                data = full.read_bytes()
+                if b"\x00" in data[:BINARY_SNIFF_BYTES]:
+                    skipped["binary"] += 1
+                    continue
+                try:
+                    content = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    skipped["non-UTF-8"] += 1
+                    continue
+                files.append({"path": full.relative_to(root).as_posix(), "content": content})
+        yield str(root), {"name": root.resolve().name, "files": files, "_skipped_files": dict(skipped)}
+
+
+def add_repo_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("repo")
+    g.add_argument("--input-dir", nargs="+", default=None,
+                   help="repository directories (each one repository) instead of --input JSONL")
+    g.add_argument("--repo-file-order", choices=("random", "dependency"), default="dependency",
+                   help="file order inside a repository document")
+    g.add_argument("--max-tokens", type=int, default=None,
+                   help="split repositories longer than this at file boundaries (header repeated)")
+
+
+def prepare_repo(options: argparse.Namespace, tokenizer, sample_records) -> dict:
+    return {"ids": ControlIds.of(tokenizer, repo=True)}
+
+
+register_mode("repo", repo, required_tokens=(EOD_TOKEN, *FIM_TOKENS, *REPO_TOKENS),
+              add_arguments=add_repo_arguments, prepare=prepare_repo, decontam_self=True,
+              read_records=lambda options: read_repo_dirs(options) if options.input_dir else None)
