@@ -3,6 +3,8 @@
 import os
 import signal
 
+import pytest
+
 from megatron_qwen.launch.preemption import FINISHED_ENV, StopSignal, finished_file, mark_finished
 from megatron_qwen.platform.spawn import run_workers
 
@@ -36,6 +38,7 @@ def _agree(signalled_rank: int) -> list[bool]:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes importing torch: ~30 s on a busy 2-core machine
 def test_one_signalled_rank_stops_every_rank():
     assert run_workers(2, _agree, 1, timeout=120) == [[False, True], [False, True]]
 
