@@ -117,6 +117,8 @@ class DataConfig:
     num_workers: int = 0
     mock: bool = False
     packed_sequences: bool = False
+    eod_token_id: int = 151643  # <|endoftext|>; the document separator GPTDataset masks around
+    cache_dir: str | None = None  # GPTDataset index cache (None: next to the data)
 
 
 @dataclass
@@ -136,6 +138,53 @@ class OptimConfig:
 
 
 @dataclass
+class TrainConfig:
+    """How long and how wide one stage trains, and how often it logs and evaluates."""
+
+    train_iters: int = 10
+    micro_batch_size: int = 2
+    global_batch_size: int = 8
+    log_interval: int = 1
+    eval_interval: int = 0  # 0: no evaluation
+    eval_iters: int = 2
+    dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU; or "bf16", "fp32"
+
+
+@dataclass
+class CheckpointConfig:
+    """Where checkpoints go, how often, how many are kept, and what a fresh stage starts from."""
+
+    dir: str | None = None  # None: no checkpoints
+    save_interval: int = 0  # 0: only at the end
+    keep_last: int = 2  # 0: keep all
+    resume: bool = True  # continue from dir's latest checkpoint when there is one
+    # A fresh stage (nothing to resume) may start from weights only: "none", "checkpoint" or "hf".
+    init_from: str = "none"
+    init_path: str | None = None  # a megatron_qwen checkpoint dir (iteration dir or its parent), or an HF dir
+
+
+@dataclass
+class LoggingConfig:
+    """Console metrics and, when a project is set, Weights & Biases (rank: last pipeline stage, first)."""
+
+    wandb_project: str | None = None  # None: W&B disabled
+    wandb_name: str | None = None
+    wandb_mode: str = "offline"  # "online", "offline" or "disabled"
+    wandb_dir: str | None = None  # None: checkpoint.dir (or ./wandb)
+    metrics_file: str | None = None  # JSON lines, one per logged step (None: checkpoint.dir/metrics.jsonl)
+    peak_tflops: float | None = None  # None: from the device table (H100 989 bf16, 1979 fp8)
+
+
+@dataclass
+class StageConfig:
+    """Which recipe stage this run is; what it changes lives in the other sections it overrides."""
+
+    name: str = "file_pretrain"
+    objective: str = "pretrain"  # "pretrain"; "sft" and "dpo" arrive with post-training
+    previous: str | None = None  # the stage whose final checkpoint init_from=checkpoint usually points at
+
+
+@dataclass
 class Config:
     """The whole tree; Hydra composes `hydra/` YAML onto it."""
 
@@ -144,6 +193,10 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
     seed: int = 1234
 
 

@@ -1,0 +1,47 @@
+"""`python -m megatron_qwen.train experiment=NAME key=value ...` — the one entry point of every stage.
+
+Hydra composes `hydra/` onto the typed tree (megatron_qwen/config.py); the result is turned into the
+dataclasses, validated (before any process group exists: errors name the key and exit with status 2),
+and handed to the training loop. Ranks come from torchrun's or Slurm's environment (launch.env).
+`--cfg job` prints the resolved config without running.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+import hydra
+from megatron_qwen.config import Config, ConfigError
+
+ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def to_config(dcfg: DictConfig) -> Config:
+    """The composed DictConfig as our dataclasses (OmegaConf has already type-checked every field)."""
+    return OmegaConf.to_object(dcfg)
+
+
+@hydra.main(version_base="1.3", config_path="../hydra", config_name="config")
+def main(dcfg: DictConfig) -> None:
+    from megatron_qwen.launch.env import read_dist_env
+    from megatron_qwen.training.validate import validate_config
+
+    cfg = to_config(dcfg)
+    try:
+        validate_config(cfg, read_dist_env().world_size)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    from megatron_qwen.platform import destroy_distributed
+    from megatron_qwen.training.loop import run
+
+    resolved = OmegaConf.to_container(dcfg, resolve=True)
+    run(cfg, resolved, OmegaConf.to_yaml(resolved))
+    destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()

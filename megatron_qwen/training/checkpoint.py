@@ -1,0 +1,155 @@
+"""Training checkpoints with megatron-core dist_checkpointing: save, rotate, resume, initialize a stage.
+
+Layout under `checkpoint.dir`:
+    iter_0000020/         one complete checkpoint (model + optimizer shards, common.pt, metadata.json
+                          with our model record, config.yaml = the resolved run config, rng/rank*.pt)
+    iter_0000030.partial/ a save in progress (or interrupted): never read
+    latest                "iter_0000020": moved (temp + rename) only after every rank finished the save
+A crash during a save therefore leaves `latest` on the previous complete checkpoint; `find_latest`
+warns about anything newer it skips. Model and optimizer state are sharded tensors, so a checkpoint
+saved at one TP/PP layout loads at another; the per-rank RNG states are restored only when the layout
+is unchanged (with a warning otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
+
+from megatron_qwen.config import ModelConfig
+from megatron_qwen.convert.ckpt_io import model_state, write_record
+
+log = logging.getLogger(__name__)
+LATEST = "latest"
+PARTIAL = ".partial"
+
+
+def iter_name(step: int) -> str:
+    return f"iter_{step:07d}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def layout_key() -> list[int]:
+    return [dist.get_world_size(), parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_pipeline_model_parallel_world_size()]
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def full_state(chunks, optimizer, is_loading: bool) -> dict:
+    """Model and optimizer sharded state dicts (the optimizer's keyed on the model's)."""
+    state = model_state(chunks)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading)
+    return state
+
+
+def save(root: str | Path, step: int, chunks, optimizer, scheduler, extra: dict, model: ModelConfig,
+         config_yaml: str, keep_last: int) -> Path:
+    """Collective. Writes iter_{step}.partial, renames it, then moves `latest`; returns the final dir."""
+    root = Path(root)
+    final = root / iter_name(step)
+    tmp = root / (iter_name(step) + PARTIAL)
+    rank = dist.get_rank()
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    state = full_state(chunks, optimizer, is_loading=False)
+    state["scheduler"] = scheduler.state_dict()
+    state["train_state"] = dict(extra, step=step, layout=layout_key())
+    dist_checkpointing.save(state, str(tmp))
+    (tmp / "rng").mkdir(exist_ok=True)
+    torch.save(_rng_state(), tmp / "rng" / f"rank{rank}.pt")
+    dist.barrier()  # every rank finished writing
+    if rank == 0:
+        write_record(tmp, model, hf_vocab_size=model.vocab_size,
+                     dtype=str(next(chunks[0].parameters()).dtype).removeprefix("torch."))
+        _write_atomic(tmp / "config.yaml", config_yaml)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        _write_atomic(root / LATEST, final.name + "\n")
+        rotate(root, keep_last)
+    dist.barrier()
+    return final
+
+
+def rotate(root: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` complete checkpoints (never the one `latest` names)."""
+    if keep_last <= 0:
+        return
+    latest = (root / LATEST).read_text().strip()
+    complete = sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(PARTIAL))
+    for old in complete[:-keep_last]:
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def find_latest(root: str | Path | None) -> Path | None:
+    """The checkpoint `latest` names (None if there is none); warns about newer, incomplete saves."""
+    if root is None:
+        return None
+    root = Path(root)
+    marker = root / LATEST
+    latest = root / marker.read_text().strip() if marker.is_file() else None
+    for p in sorted(root.glob("iter_*")):
+        if p.is_dir() and (latest is None or p.name > latest.name):
+            log.warning("ignoring checkpoint %s: its save did not complete (latest is %s)", p,
+                        latest.name if latest else "none")
+    if latest is not None and not latest.is_dir():
+        raise FileNotFoundError(f"{marker} names {latest.name}, which does not exist")
+    return latest
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """An iteration dir, or a checkpoint root holding a `latest` marker (the previous stage's dir)."""
+    path = Path(path)
+    if (path / LATEST).is_file():
+        return find_latest(path)
+    if (path / "metadata.json").is_file():
+        return path
+    raise FileNotFoundError(f"checkpoint.init_path={path}: neither a checkpoint nor a dir with a '{LATEST}' marker")
+
+
+def load(ckpt: Path, chunks, optimizer, scheduler) -> dict:
+    """Collective. Restore model, optimizer, scheduler and (same layout) RNG; returns train_state."""
+    state = full_state(chunks, optimizer, is_loading=True)
+    loaded = dist_checkpointing.load(state, str(ckpt))
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    train_state = loaded["train_state"]
+    rng = ckpt / "rng" / f"rank{dist.get_rank()}.pt"
+    if list(train_state["layout"]) == layout_key() and rng.is_file():
+        _set_rng_state(torch.load(rng, weights_only=False))
+    else:
+        log.warning("%s was saved at layout (world, tp, pp) = %s, now %s: RNG states not restored",
+                    ckpt, train_state["layout"], layout_key())
+    return train_state

@@ -1,0 +1,64 @@
+"""Cross-field rules of a training run, checked before any process group exists; errors name the keys."""
+
+from __future__ import annotations
+
+from megatron_qwen.config import (
+    Config,
+    ConfigError,
+    derive_data_parallel_size,
+    validate_model_parallel,
+)
+from megatron_qwen.training.schedule import SCHEDULES
+
+INIT_FROM = ("none", "checkpoint", "hf")
+WANDB_MODES = ("online", "offline", "disabled")
+DTYPES = ("auto", "bf16", "fp32")
+OBJECTIVES = ("pretrain",)
+
+
+def validate_config(cfg: Config, world_size: int | None = None) -> None:
+    """Every rule of the tree; with `world_size`, also the data-parallel batch arithmetic."""
+    validate_model_parallel(cfg.model, cfg.parallel, cfg.data.seq_length)
+    t, o, c, lg = cfg.train, cfg.optim, cfg.checkpoint, cfg.logging
+    for key, value in (("train.train_iters", t.train_iters), ("train.micro_batch_size", t.micro_batch_size),
+                       ("train.global_batch_size", t.global_batch_size), ("train.log_interval", t.log_interval),
+                       ("data.seq_length", cfg.data.seq_length)):
+        if value < 1:
+            raise ConfigError(f"{key} ({value}) must be >= 1")
+    if t.global_batch_size % t.micro_batch_size:
+        raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
+                          f"train.micro_batch_size ({t.micro_batch_size})")
+    if t.eval_interval < 0 or t.eval_iters < 0:
+        raise ConfigError(f"train.eval_interval ({t.eval_interval}) and train.eval_iters ({t.eval_iters}) must be >= 0")
+    if t.dtype not in DTYPES:
+        raise ConfigError(f"train.dtype ({t.dtype!r}) must be one of {DTYPES}")
+    if cfg.data.seq_length > cfg.model.max_position_embeddings and not cfg.model.yarn.enabled:
+        raise ConfigError(f"data.seq_length ({cfg.data.seq_length}) exceeds model.max_position_embeddings "
+                          f"({cfg.model.max_position_embeddings}); raise it or enable model.yarn")
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule ({o.schedule!r}) must be one of {tuple(SCHEDULES)}")
+    if o.warmup_steps < 0 or o.warmup_steps > t.train_iters:
+        raise ConfigError(f"optim.warmup_steps ({o.warmup_steps}) must be in [0, train.train_iters ({t.train_iters})]")
+    if o.schedule == "wsd" and not 0 < o.wsd_decay_steps <= t.train_iters - o.warmup_steps:
+        raise ConfigError(f"optim.wsd_decay_steps ({o.wsd_decay_steps}) must be in (0, train.train_iters - "
+                          f"optim.warmup_steps = {t.train_iters - o.warmup_steps}] with optim.schedule=wsd")
+    if o.min_lr > o.lr:
+        raise ConfigError(f"optim.min_lr ({o.min_lr}) must be <= optim.lr ({o.lr})")
+    if c.init_from not in INIT_FROM:
+        raise ConfigError(f"checkpoint.init_from ({c.init_from!r}) must be one of {INIT_FROM}")
+    if c.init_from != "none" and not c.init_path:
+        raise ConfigError(f"checkpoint.init_from={c.init_from} needs checkpoint.init_path")
+    if (c.save_interval or c.keep_last < 0) and c.dir is None:
+        raise ConfigError(f"checkpoint.save_interval ({c.save_interval}) needs checkpoint.dir")
+    if c.keep_last < 0:
+        raise ConfigError(f"checkpoint.keep_last ({c.keep_last}) must be >= 0")
+    if lg.wandb_mode not in WANDB_MODES:
+        raise ConfigError(f"logging.wandb_mode ({lg.wandb_mode!r}) must be one of {WANDB_MODES}")
+    if cfg.stage.objective not in OBJECTIVES:
+        raise ConfigError(f"stage.objective ({cfg.stage.objective!r}) is not implemented yet; "
+                          f"this trainer runs {OBJECTIVES}")
+    if world_size is not None:
+        dp = derive_data_parallel_size(cfg.parallel, world_size)
+        if t.global_batch_size % (t.micro_batch_size * dp):
+            raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
+                              f"train.micro_batch_size ({t.micro_batch_size}) x data-parallel size ({dp})")
