@@ -5,7 +5,8 @@ process and only when CUDA is absent, a small set of stand-ins (DESIGN §3):
 
 1. `_CudaToCpu`, a `TorchFunctionMode` that rewrites CUDA devices (`"cuda"`, `"cuda:0"`, `0`,
    `torch.device("cuda")`) to the CPU in every torch call made outside autograd's backward (where
-   modes are not active; `torch.cuda.current_device()` returning the CPU device covers that), turns `Tensor.cuda()` into a no-op, and answers
+   modes are not active; `torch.cuda.current_device()` returning the CPU device covers that), drops `pin_memory=True` (it needs a
+   CUDA driver), turns `Tensor.cuda()` into a no-op, and answers
    `Tensor.type()` with the CUDA type name for CPU tensors (the optimizer and gradient clipping compare
    `param.type()` with `'torch.cuda.FloatTensor'`).
 2. CPU stand-ins for the CUDA functions megatron calls directly: `current_device`, streams and events,
@@ -65,6 +66,10 @@ class _CudaToCpu(TorchFunctionMode):
             return _CUDA_TYPE_NAMES.get(name, name)
         if "device" in kwargs:
             kwargs["device"] = _map_device(kwargs["device"])
+        if kwargs.get("pin_memory"):
+            # Pinned memory needs a CUDA driver; megatron pins small index tensors it then moves with
+            # `.cuda(non_blocking=True)` (e.g. the context-parallel RoPE slice), a no-op here.
+            kwargs["pin_memory"] = False
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], _CPU, *args[2:])
         return func(*args, **kwargs)
