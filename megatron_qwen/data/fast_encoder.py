@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from megatron_qwen.data.text_utils import no_surrogates as _no_surrogates
+
 log = logging.getLogger(__name__)
 
 # GPT-2's ByteLevel pre-tokenizer regex, used when ByteLevel(use_regex=True) does the splitting.
@@ -107,10 +109,16 @@ class TiktokenEncoder:
 
     name = "tiktoken"
 
+    # tiktoken's numpy path scans for special tokens; with none registered it degenerates into an empty-regex
+    # search at every character. One sentinel that is never allowed keeps that scan fast and never fires
+    # (disallowed_special=() makes a literal occurrence plain text).
+    SENTINEL = "<|megatron-qwen-unused\x00|>"
+
     def __init__(self, pattern: str, ranks: dict[bytes, int], nfc: bool, threads: int = 1):
         import tiktoken
 
-        self._enc = tiktoken.Encoding("hf-byte-level-bpe", pat_str=pattern, mergeable_ranks=ranks, special_tokens={})
+        self._enc = tiktoken.Encoding("hf-byte-level-bpe", pat_str=pattern, mergeable_ranks=ranks,
+                                      special_tokens={self.SENTINEL: max(ranks.values()) + 1})
         self._nfc = nfc
         self.threads = threads
 
@@ -120,9 +128,12 @@ class TiktokenEncoder:
         return text
 
     def encode(self, text: str) -> np.ndarray:
-        # encode_ordinary + one list->array copy beats encode_to_numpy, which takes tiktoken's slower
-        # special-token path; the wrapper also replaces lone surrogates (from JSON escapes) with U+FFFD.
-        return np.array(self._enc.encode_ordinary(self._prepare(text)), dtype=np.int32)
+        text = self._prepare(text)
+        try:
+            out = self._enc.encode_to_numpy(text, disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates (from JSON escapes) become U+FFFD, as in the HF path
+            out = self._enc.encode_to_numpy(_no_surrogates(text), disallowed_special=())
+        return out.view(np.int32)  # ids < 2**31: reinterpret tiktoken's uint32 buffer without a copy
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         if self.threads <= 1 or len(texts) < 2:

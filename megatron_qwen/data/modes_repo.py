@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_qwen.data.formats import ControlIds, greedy_pack, repo_fim_file_pieces, repo_file_text
+from megatron_qwen.data.formats import ControlIds, greedy_pack, repo_file_text, repo_fim_file_pieces
 from megatron_qwen.data.modes import Document, ModeContext, Piece, SkipRecord, register_mode
-from megatron_qwen.data.modes_pretrain import add_fim_arguments
 from megatron_qwen.data.repo_order import file_order
 from megatron_qwen.data.tokenizer import EOD_TOKEN, FIM_TOKENS, REPO_TOKENS
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatron_qwen.data.text_utils import no_surrogates
+
 log = logging.getLogger(__name__)
 
 EOD_TOKEN = "<|endoftext|>"
@@ -62,20 +64,12 @@ class _HFRawEncoder:
         self._tok = Tokenizer.from_str(json.dumps(spec))
 
     def encode(self, text: str) -> np.ndarray:
-        return np.asarray(self._tok.encode(_no_surrogates(text), add_special_tokens=False).ids, dtype=np.int32)
+        return np.asarray(self._tok.encode(no_surrogates(text), add_special_tokens=False).ids, dtype=np.int32)
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        encs = self._tok.encode_batch([_no_surrogates(t) for t in texts], add_special_tokens=False)
+        encs = self._tok.encode_batch([no_surrogates(t) for t in texts], add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int32) for e in encs]
 
-
-def _no_surrogates(text: str) -> str:
-    """Lone surrogates (possible after JSON `\\ud800` escapes) become U+FFFD, as tiktoken does."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class QwenTokenizer:
