@@ -199,3 +199,17 @@ def _skip(result: ChunkResult, source: str, line: int, reason: str, detail: str 
         if detail:
             example["detail"] = detail[:200]
         result.examples.append(example)
+
+
+def encode_pieces(tokenizer, pieces) -> np.ndarray:
+    """Token ids of one list of pieces (text encoded raw, control ids inserted): for tests and one-off use."""
+    out = []
+    for p in pieces:
+        c = p.content
+        if isinstance(c, str):
+            out.append(tokenizer.encode_raw_np(c))
+        elif isinstance(c, int | np.integer):
+            out.append(np.asarray([c], dtype=np.int32))
+        else:
+            out.append(np.asarray(c, dtype=np.int32))
+    return np.concatenate(out) if out else np.zeros(0, np.int32)

@@ -111,3 +111,16 @@ def write_atomic_text(path: str | Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_documents(prefix: str | Path) -> list[np.ndarray]:
+    """Every document of a dataset, read back through megatron-core's own `IndexedDataset` (sequences joined)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(str(prefix))
+    bounds = ds.document_indices
+    docs = []
+    for d in range(len(bounds) - 1):
+        seqs = [ds[s] for s in range(bounds[d], bounds[d + 1])]
+        docs.append(np.concatenate(seqs) if seqs else np.zeros(0, ds.index.dtype))
+    return docs
