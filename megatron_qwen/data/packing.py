@@ -10,14 +10,18 @@ Input: the output of `tools/preprocess_data.py --mode sft` (or `sft-fim`): `{pre
 
 Per conversation of n tokens `t` with loss mask `m`, the sample holds n-1 positions:
     tokens = t[:-1], labels = t[1:], loss_mask = m[1:], position_ids = 0..n-2
-so a label never comes from the next conversation. A packed sample of `seq_length` positions is
+so a label never comes from the next conversation. With `multiple` = k (context parallelism needs every
+document length to be a multiple of 2·cp: `model/context_parallel.py`), each conversation's segment is
+padded to a multiple of k with loss-masked `pad_id` (positions continue). A sample of `seq_length` positions:
     tokens/labels/loss_mask/position_ids: [seq_length]   (the tail is padding: pad_id, loss 0)
-    cu_seqlens: [0, n1-1, n1-1+n2-1, ..., used, seq_length]  (int32; the padding, if any, is the last segment)
-    segment_ids: the segment of every position (0, 1, ...; the padding segment has the last id)
-`collate_packed` stacks samples into a batch and flattens `cu_seqlens` over it (THD layout).
+    cu_seqlens: [0, l1, l1+l2, ..., used, seq_length]     (int32; the tail padding, if any, is the last segment)
+    segment_ids: the segment of every position (0, 1, ...; the tail padding has the last id)
+`collate_packed` joins samples into one THD row ([1, B*seq_length], `cu_seqlens` over the row), the
+form `model/context_parallel.shard_batch_for_cp` takes; `stack_samples` stacks rows as [B, S] (no
+cu_seqlens), for padded one-sequence rows under an ordinary causal mask.
 
-Packing is best-fit decreasing over the positions per conversation (deterministic); samples are then
-shuffled with `seed`. `pack=False` gives one conversation per sample, padded.
+Packing is best-fit decreasing over the segment lengths (deterministic); samples are then shuffled with
+`seed`. `pack=False` gives one conversation per sample, padded.
 """
 
 from __future__ import annotations
@@ -103,8 +107,15 @@ def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
-def build_sample(docs: Sequence[tuple[np.ndarray, np.ndarray]], seq_length: int, pad_id: int) -> dict[str, np.ndarray]:
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def build_sample(docs: Sequence[tuple[np.ndarray, np.ndarray]], seq_length: int, pad_id: int,
+                 multiple: int = 1) -> dict[str, np.ndarray]:
     """Conversations (token ids, loss mask) -> one packed sample of `seq_length` positions (see module doc)."""
+    if seq_length % multiple:
+        raise ValueError(f"seq_length {seq_length} is not a multiple of {multiple}")
     tokens = np.full(seq_length, pad_id, dtype=np.int64)
     labels = np.full(seq_length, pad_id, dtype=np.int64)
     loss_mask = np.zeros(seq_length, dtype=np.float32)
@@ -115,34 +126,41 @@ def build_sample(docs: Sequence[tuple[np.ndarray, np.ndarray]], seq_length: int,
         if len(ids) != len(mask):
             raise ValueError(f"conversation {k}: {len(ids)} tokens but {len(mask)} loss-mask values")
         n = len(ids) - 1
-        start = cu[-1]
-        if n < 1 or start + n > seq_length:
+        start, width = cu[-1], _round_up(max(n, 1), multiple)
+        if n < 1 or start + width > seq_length:
             raise ValueError(f"conversation {k} ({len(ids)} tokens) does not fit: {start} of {seq_length} used")
         tokens[start:start + n] = ids[:-1]
         labels[start:start + n] = ids[1:]
         loss_mask[start:start + n] = mask[1:]
-        position_ids[start:start + n] = np.arange(n)
-        segment_ids[start:start + n] = k
-        cu.append(start + n)
+        position_ids[start:start + width] = np.arange(width)
+        segment_ids[start:start + width] = k
+        cu.append(start + width)
     if cu[-1] < seq_length:
-        pad = seq_length - cu[-1]
-        position_ids[cu[-1]:] = np.arange(pad)
+        position_ids[cu[-1]:] = np.arange(seq_length - cu[-1])
         segment_ids[cu[-1]:] = len(docs)
         cu.append(seq_length)
     return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids,
             "segment_ids": segment_ids, "cu_seqlens": np.asarray(cu, dtype=np.int32)}
 
 
-def collate_packed(samples: Sequence[dict]) -> dict:
-    """Stack samples into [B, S] tensors; `cu_seqlens` covers the flattened batch (sample b offset by b*S)."""
+ROW_KEYS = ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")
+
+
+def stack_samples(samples: Sequence[dict]) -> dict:
+    """Rows as [B, S] tensors (tokens and labels int64, loss_mask float32); no cu_seqlens."""
     import torch
 
-    out = {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in
-           ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")}
+    return {k: torch.from_numpy(np.stack([s[k] for s in samples])) for k in ROW_KEYS}
+
+
+def collate_packed(samples: Sequence[dict]) -> dict:
+    """Samples joined into one THD row: [1, B*S] tensors, `cu_seqlens` over the row (sample b offset by b*S)."""
+    import torch
+
+    out = {k: torch.from_numpy(np.concatenate([s[k] for s in samples]))[None] for k in ROW_KEYS}
     seq_length = samples[0]["tokens"].shape[0]
-    cu = [np.asarray(s["cu_seqlens"][:-1 if b < len(samples) - 1 else None]) + b * seq_length
-          for b, s in enumerate(samples)]
-    cu_seqlens = np.concatenate(cu).astype(np.int32)
+    bounds = [np.asarray(s["cu_seqlens"][:-1]) + b * seq_length for b, s in enumerate(samples)]
+    cu_seqlens = np.concatenate(bounds + [np.asarray([len(samples) * seq_length])]).astype(np.int32)
     out["cu_seqlens"] = torch.from_numpy(cu_seqlens)
     out["max_seqlen"] = int(np.diff(cu_seqlens).max())
     return out
@@ -153,16 +171,19 @@ class PackedSFTDataset:
 
     `seq_length` is the stage's sequence length; a conversation needs at most seq_length + 1 tokens.
     Longer ones: `overlong="error"` (default: preprocess with `--sft-seq-length` instead), `"truncate"`
-    (keep the first seq_length + 1 tokens) or `"drop"`; both counted in `stats`.
+    (keep the first seq_length + 1 tokens) or `"drop"`; both counted in `stats`. `multiple`: pad every
+    conversation's segment to a multiple of it (2 x context_parallel_size under context parallelism).
     """
 
     def __init__(self, prefix: str, seq_length: int, pad_id: int, *, pack: bool = True, shuffle: bool = True,
-                 seed: int = 1234, overlong: str = "error"):
+                 seed: int = 1234, overlong: str = "error", multiple: int = 1):
         from megatron.core.datasets.indexed_dataset import IndexedDataset
 
         if overlong not in OVERLONG:
             raise ValueError(f"overlong must be one of {OVERLONG}, got {overlong!r}")
-        self.seq_length, self.pad_id, self.overlong = seq_length, pad_id, overlong
+        if multiple < 1 or seq_length % multiple:
+            raise ValueError(f"seq_length {seq_length} must be a multiple of multiple={multiple} (2 x CP size)")
+        self.seq_length, self.pad_id, self.overlong, self.multiple = seq_length, pad_id, overlong, multiple
         self.tokens = IndexedDataset(f"{prefix}_text_document")
         self.masks = IndexedDataset(f"{prefix}_loss_mask_document")
         self._check_alignment(prefix)
@@ -179,7 +200,8 @@ class PackedSFTDataset:
         if overlong == "truncate":
             positions = np.minimum(positions, seq_length)
         keep = np.flatnonzero((positions >= 1) & (positions <= seq_length))
-        groups = pack_bins(positions[keep], seq_length) if pack else [[k] for k in range(keep.size)]
+        widths = -(-positions[keep] // multiple) * multiple
+        groups = pack_bins(widths, seq_length) if pack else [[k] for k in range(keep.size)]
         self.samples = [keep[g].tolist() for g in groups]
         if shuffle:
             order = np.random.default_rng(seed).permutation(len(self.samples))
@@ -207,4 +229,5 @@ class PackedSFTDataset:
         return self.tokens.get(i, 0, n), self.masks.get(i, 0, n)
 
     def __getitem__(self, idx: int) -> dict[str, np.ndarray]:
-        return build_sample([self.conversation(i) for i in self.samples[idx]], self.seq_length, self.pad_id)
+        return build_sample([self.conversation(i) for i in self.samples[idx]], self.seq_length, self.pad_id,
+                            self.multiple)

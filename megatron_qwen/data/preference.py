@@ -19,7 +19,9 @@ response log-probability DPO needs. Pair i is therefore sequences 2i and 2i+1, a
 checks that every document has exactly two sequences (a record is written whole or not at all).
 
 `collate_pairs` pads a batch of B pairs into [2B, S] tensors: rows 0..B-1 chosen, rows B..2B-1 rejected,
-in the same per-row layout as SFT samples (`packing.build_sample`: tokens, labels, loss_mask, ...).
+in the same per-row layout as SFT samples (`packing.build_sample`: tokens, labels, loss_mask,
+position_ids, segment_ids), one sequence per row under the ordinary causal mask (padding at the end).
+The response log-prob of row r is `(token_logps * loss_mask)[r].sum()` (`training.dpo_loss.sequence_logps`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from megatron_qwen.data.chat import (
     normalize_messages,
     render_segments,
 )
-from megatron_qwen.data.packing import build_sample, collate_packed
+from megatron_qwen.data.packing import build_sample, stack_samples
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -122,6 +124,6 @@ def collate_pairs(pairs: Sequence[dict], seq_length: int, pad_id: int) -> dict:
             which = "chosen" if k < len(pairs) else "rejected"
             raise ValueError(f"pair {k % len(pairs)} of the batch: {which} has {len(ids)} tokens, more than "
                              f"seq_length + 1 = {seq_length + 1}; preprocess with --sft-seq-length {seq_length}")
-    batch = collate_packed([build_sample([row], seq_length, pad_id) for row in rows])
+    batch = stack_samples([build_sample([row], seq_length, pad_id) for row in rows])
     batch["num_pairs"] = len(pairs)
     return batch

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from megatron_qwen.data.chat import encode_conversation
-from megatron_qwen.data.packing import PackedSFTDataset, build_sample, collate_packed, pack_bins
+from megatron_qwen.data.packing import (
+    PackedSFTDataset,
+    build_sample,
+    collate_packed,
+    pack_bins,
+    stack_samples,
+)
 
 PAD = 151643
 
@@ -56,13 +62,31 @@ def test_build_sample_shifts_inside_each_conversation_and_pads():
     assert build_sample([a, (np.arange(7), np.ones(7))], 8, PAD)["cu_seqlens"].tolist() == [0, 2, 8]  # full: no pad
 
 
-def test_collate_flattens_cu_seqlens_over_the_batch():
+def test_collate_makes_one_thd_row_with_cu_seqlens_over_it():
     a = build_sample([(np.arange(4), np.ones(4))], 6, PAD)                   # cu [0, 3, 6]
     b = build_sample([(np.arange(3), np.ones(3)), (np.arange(5), np.ones(5))], 6, PAD)  # cu [0, 2, 6]
     batch = collate_packed([a, b])
-    assert batch["tokens"].shape == (2, 6) and batch["tokens"].dtype == torch.int64
+    assert batch["tokens"].shape == (1, 12) and batch["tokens"].dtype == torch.int64
+    assert batch["tokens"][0].tolist() == [0, 1, 2, PAD, PAD, PAD, 0, 1, 0, 1, 2, 3]
     assert batch["cu_seqlens"].tolist() == [0, 3, 6, 8, 12]
     assert batch["max_seqlen"] == 4
+    stacked = stack_samples([a, b])
+    assert stacked["tokens"].shape == (2, 6) and "cu_seqlens" not in stacked
+
+
+def test_segments_padded_to_a_multiple_for_context_parallelism():
+    from megatron_qwen.model.context_parallel import cp_token_index
+
+    a = (np.array([10, 11, 12]), np.array([0, 1, 1]))                          # 2 positions -> 4
+    b = (np.array([20, 21, 22, 23, 24, 25]), np.array([0, 0, 1, 1, 1, 1]))   # 5 positions -> 8
+    s = build_sample([a, b], 16, PAD, multiple=4)
+    assert s["cu_seqlens"].tolist() == [0, 4, 12, 16]
+    assert s["tokens"].tolist() == [10, 11, PAD, PAD, 20, 21, 22, 23, 24, PAD, PAD, PAD, PAD, PAD, PAD, PAD]
+    assert s["loss_mask"].tolist() == [1, 1, 0, 0, 0, 1, 1, 1, 1] + [0] * 7
+    assert s["position_ids"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]
+    cp_token_index(16, 1, 2, torch.from_numpy(s["cu_seqlens"]))                # CP=2 accepts the layout
+    with pytest.raises(ValueError, match="not a multiple of 4"):
+        build_sample([a], 10, PAD, multiple=4)
 
 
 CHATS = [
@@ -72,12 +96,12 @@ CHATS = [
       {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2 " * 5}]]
 
 
-@pytest.mark.parametrize("pack", [True, False])
-def test_packed_dataset_keeps_conversations_whole_and_separate(tok, tmp_path, pack):
+@pytest.mark.parametrize("pack, multiple", [(True, 1), (False, 1), (True, 4)])
+def test_packed_dataset_keeps_conversations_whole_and_separate(tok, tmp_path, pack, multiple):
     convs = [encode_conversation(c, tok) for c in CHATS]
     write_dataset(tmp_path / "sft", convs)
     seq_length = 64
-    ds = PackedSFTDataset(str(tmp_path / "sft"), seq_length, PAD, pack=pack, seed=3)
+    ds = PackedSFTDataset(str(tmp_path / "sft"), seq_length, PAD, pack=pack, seed=3, multiple=multiple)
     seen = []
     for idx in range(len(ds)):
         s = ds[idx]
@@ -86,17 +110,20 @@ def test_packed_dataset_keeps_conversations_whole_and_separate(tok, tmp_path, pa
         for k, conv_index in enumerate(ds.samples[idx]):
             ids, mask = convs[conv_index]
             lo, hi = cu[k], cu[k + 1]
-            assert hi - lo == len(ids) - 1                              # whole, never split
+            assert hi - lo == -(-(len(ids) - 1) // multiple) * multiple  # whole, never split
+            hi = lo + len(ids) - 1
+            assert not s["loss_mask"][hi:cu[k + 1]].any()
             assert s["tokens"][lo:hi].tolist() == ids[:-1].tolist()
             assert s["labels"][lo:hi].tolist() == ids[1:].tolist()     # no label from a neighbour
             assert s["loss_mask"][lo:hi].tolist() == mask[1:].tolist()
             assert s["position_ids"][lo:hi].tolist() == list(range(hi - lo))
-            assert (s["segment_ids"][lo:hi] == k).all()
+            assert (s["segment_ids"][lo:cu[k + 1]] == k).all()
             seen.append(conv_index)
         tail = slice(cu[len(ds.samples[idx])], seq_length)
         assert not s["loss_mask"][tail].any() and (s["tokens"][tail] == PAD).all()
     assert sorted(seen) == list(range(len(convs)))
-    assert len(ds) == (len(convs) if not pack else len(pack_bins([len(c[0]) - 1 for c in convs], seq_length)))
+    widths = [-(-(len(c[0]) - 1) // multiple) * multiple for c in convs]
+    assert len(ds) == (len(convs) if not pack else len(pack_bins(widths, seq_length)))
     if pack:
         assert len(ds) < len(convs)
     # The trained labels are exactly the assistant answers and their <|im_end|>.
