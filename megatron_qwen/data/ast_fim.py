@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import importlib
 import random
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -135,6 +136,16 @@ def language_of(path: str | None = None, lang: str | None = None) -> str | None:
     if path:
         return EXTENSIONS.get(PurePosixPath(path).suffix.lower())
     return None
+
+
+def record_language(record: dict, default: str | None = None) -> str | None:
+    """A code record's language: its `lang`/`language` tag if it has one, else its `path` extension, else `default`."""
+    tag = record.get("lang") or record.get("language")
+    if tag:
+        return language_of(lang=tag) if isinstance(tag, str) else None
+    path = record.get("path")
+    from_path = language_of(path=path) if isinstance(path, str) else None
+    return from_path or (language_of(lang=default) if default else None)
 
 
 @functools.cache
@@ -285,3 +296,41 @@ def parse_weights(spec: str) -> dict[str, float]:
     if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
         raise ValueError(f"AST-FIM weights {spec!r}: need non-negative weights, at least one positive")
     return weights
+
+
+def conversation_records(code_records: Iterable[dict], seed: int, config: SpanConfig = SpanConfig(),
+                         per_file: int = 1, default_lang: str | None = None, key: str = "text",
+                         counters: Counter | None = None) -> Iterator[dict]:
+    """Code records (`{key, path | lang}`) -> AST-FIM conversation records in the `messages` layout.
+
+    Each output record also names its source (`source: "ast-fim"`, language, node type, category, path).
+    Record i uses `random.Random(seed, i)`, so the output does not depend on where a run stops. Skips are
+    counted in `counters` (unknown language, unparseable, no candidate node, no free placeholder).
+    """
+    counters = counters if counters is not None else Counter()
+    for i, record in enumerate(code_records):
+        text = record.get(key)
+        language = record_language(record, default_lang)
+        if not isinstance(text, str) or not text.strip():
+            counters[f"skipped:missing field '{key}'"] += 1
+            continue
+        if language is None:
+            counters["skipped:unknown language"] += 1
+            continue
+        try:
+            samples = make_samples(text, language, random.Random(f"{seed}:{i}"), config, per_file)
+        except UnparseableError:
+            counters[f"skipped:unparseable {language} file"] += 1
+            continue
+        if not samples:
+            counters["skipped:no maskable node"] += 1
+        for sample in samples:
+            messages = fim_conversation(sample)
+            if messages is None:
+                counters["skipped:no free placeholder"] += 1
+                continue
+            counters["samples"] += 1
+            counters[f"category:{sample.span.category}"] += 1
+            counters[f"language:{language}"] += 1
+            yield {"messages": messages, "source": "ast-fim", "language": language, "path": record.get("path"),
+                   "node_type": sample.span.node_type, "category": sample.span.category}

@@ -34,6 +34,7 @@ from megatron_qwen.data.ast_fim import (
     language_of,
     make_samples,
     parse_weights,
+    record_language,
 )
 from megatron_qwen.data.chat import (
     ChatFormatError,
@@ -94,16 +95,6 @@ def sft(record: dict, ctx: ModeContext) -> list[Document]:
     return [Document(_pieces(fitted))]
 
 
-def _language(record: dict, default: str | None) -> str | None:
-    """The record's `lang`/`language` tag if it has one, else its `path` extension, else the default."""
-    tag = record.get("lang") or record.get("language")
-    if tag:
-        return language_of(lang=tag) if isinstance(tag, str) else None
-    path = record.get("path")
-    from_path = language_of(path=path) if isinstance(path, str) else None
-    return from_path or (language_of(lang=default) if default else None)
-
-
 def sft_fim(record: dict, ctx: ModeContext) -> list[Document]:
     """One source file per record -> AST-based FIM instruction samples (conversation or FIM format)."""
     o = ctx.options
@@ -112,7 +103,7 @@ def sft_fim(record: dict, ctx: ModeContext) -> list[Document]:
     if not isinstance(text, str) or not text.strip():
         raise SkipRecord(f"missing field '{key}'" if key not in record else f"field '{key}' is not text or empty")
     _check_filters(record, ctx, (key,))
-    language = _language(record, o.ast_fim_lang)
+    language = record_language(record, o.ast_fim_lang)
     if language is None:
         raise SkipRecord("unknown language")
     if len(text.encode("utf-8", "surrogatepass")) > o.ast_fim_max_file_bytes:
