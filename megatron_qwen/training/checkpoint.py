@@ -105,10 +105,10 @@ def rotate(root: Path, keep_last: int) -> None:
     if keep_last <= 0:
         return
     latest = (root / LATEST).read_text().strip()
-    complete = sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(PARTIAL))
+    complete = sorted(p for p in root.glob("iter_*")
+                      if p.is_dir() and not p.name.endswith(PARTIAL) and p.name <= latest)
     for old in complete[:-keep_last]:
-        if old.name != latest:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def find_latest(root: str | Path | None) -> Path | None:

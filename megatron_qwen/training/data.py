@@ -28,10 +28,13 @@ class SampleSource(Protocol):
 
 
 class LearnableMock:
-    """Sample i: tokens (start + stride·t) mod vocab; the next token follows from the previous two."""
+    """Sample i: tokens (start + stride·t) mod m over the first m = min(vocab, 64) ids.
+
+    Quick to learn in two ways: the unigram (ln vocab → ln m), then the progression itself.
+    """
 
     def __init__(self, vocab_size: int, seq_length: int, size: int, seed: int = 0):
-        self.vocab, self.seq, self.size, self.seed = vocab_size, seq_length, size, seed
+        self.vocab, self.seq, self.size, self.seed = min(vocab_size, 64), seq_length, size, seed
 
     def __len__(self) -> int:
         return self.size

@@ -8,6 +8,7 @@ Offline mode writes run files under `wandb_dir` with no network. The run id is k
 from __future__ import annotations
 
 import os
+import uuid
 
 from megatron_qwen.config import LoggingConfig
 
@@ -28,7 +29,7 @@ class WandbLogger:
 
         directory = cfg.wandb_dir or default_dir
         os.makedirs(directory, exist_ok=True)
-        self.run_id = run_id or wandb.util.generate_id()
+        self.run_id = run_id or uuid.uuid4().hex[:8]
         self.run = wandb.init(
             project=cfg.wandb_project, name=cfg.wandb_name, mode=cfg.wandb_mode, dir=directory,
             config=config, id=self.run_id, resume="allow",
