@@ -75,7 +75,7 @@ def test_collate_makes_one_thd_row_with_cu_seqlens_over_it():
 
 
 def test_segments_padded_to_a_multiple_for_context_parallelism():
-    from megatron_qwen.model.context_parallel import cp_token_index
+    from megatron_qwen.model.context_parallel import cp_token_index, document_ids
 
     a = (np.array([10, 11, 12]), np.array([0, 1, 1]))                          # 2 positions -> 4
     b = (np.array([20, 21, 22, 23, 24, 25]), np.array([0, 0, 1, 1, 1, 1]))   # 5 positions -> 8
@@ -85,6 +85,7 @@ def test_segments_padded_to_a_multiple_for_context_parallelism():
     assert s["loss_mask"].tolist() == [1, 1, 0, 0, 0, 1, 1, 1, 1] + [0] * 7
     assert s["position_ids"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]
     cp_token_index(16, 1, 2, torch.from_numpy(s["cu_seqlens"]))                # CP=2 accepts the layout
+    assert document_ids(torch.from_numpy(s["cu_seqlens"]), 16).tolist() == s["segment_ids"].tolist()
     with pytest.raises(ValueError, match="not a multiple of 4"):
         build_sample([a], 10, PAD, multiple=4)
 
