@@ -34,6 +34,8 @@ def cp_token_index(total: int, cp_rank: int, cp_size: int, cu_seqlens: torch.Ten
     bounds = [int(x) for x in cu_seqlens.tolist()]
     if bounds[0] != 0 or bounds[-1] != total:
         raise ValueError(f"cu_seqlens must start at 0 and end at the sequence length {total}; got {bounds}")
+    if cp_size == 1:
+        return torch.arange(total)
     parts = []
     for start, end in zip(bounds[:-1], bounds[1:]):
         length = end - start
