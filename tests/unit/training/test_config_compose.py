@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import megatron_qwen.train  # noqa: F401 - registers base_config
+from hydra import compose, initialize_config_dir
 from megatron_qwen.config import Config
 from megatron_qwen.model.presets import PRESETS
 from megatron_qwen.training.validate import validate_config

@@ -1,0 +1,79 @@
+"""Resume through the real entry point: SIGKILL mid-run, an interrupted save, SIGTERM, and a new layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from _train_helpers import all_output, metrics, start, tiny, train, wait
+
+from megatron_qwen.launch.sbatch import FINISHED_ENV
+
+STEPS = ["train.train_iters=6", "checkpoint.save_interval=2", "checkpoint.keep_last=2"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[int, dict]:
+    """An uninterrupted single-process run of 6 steps."""
+    root = tmp_path_factory.mktemp("reference")
+    train(1, tiny(root / "ck", *STEPS), root)
+    return metrics(root / "ck" / "metrics.jsonl")
+
+
+def _wait_for_step(path: Path, step: int, procs, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_file() and any(json.loads(line)["step"] >= step for line in path.read_text().splitlines()):
+            return
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError(f"a rank exited before step {step}\n{all_output(procs)}")
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_identical_losses_and_skips_interrupted_save(tmp_path: Path, reference):
+    ck = tmp_path / "ck"
+    procs = start(1, tiny(ck, *STEPS), tmp_path)
+    _wait_for_step(ck / "metrics.jsonl", 3, procs)  # iter_0000002 is complete
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    latest = (ck / "latest").read_text().strip()
+    # A save that died half-way: the partial dir and a complete-looking dir newer than `latest`.
+    (ck / "iter_0000008.partial").mkdir()
+    (ck / "iter_0000008.partial" / "__0_0.distcp").write_bytes(b"truncated")
+    (ck / "iter_0000009").mkdir()
+    out = train(1, tiny(ck, *STEPS), tmp_path)
+    assert f"resuming from {ck / latest}" in out
+    assert "ignoring checkpoint" in out and "iter_0000009" in out
+    resumed = metrics(ck / "metrics.jsonl")
+    for step in range(1, 7):
+        assert resumed[step]["loss"] == reference[step]["loss"], (step, resumed[step], reference[step])
+        assert resumed[step]["lr"] == reference[step]["lr"]
+    kept = sorted(p.name for p in ck.glob("iter_*") if not p.name.endswith(".partial") and p.name != "iter_0000009")
+    assert kept == ["iter_0000004", "iter_0000006"]  # keep_last=2
+
+
+@pytest.mark.slow
+def test_sigterm_saves_at_tp2_and_resumes_at_pp2(tmp_path: Path, reference):
+    ck, finished = tmp_path / "ck", tmp_path / "FINISHED"
+    procs = start(2, tiny(ck, *STEPS, "parallel=tp2"), tmp_path, {FINISHED_ENV: str(finished)})
+    _wait_for_step(ck / "metrics.jsonl", 1, procs)
+    os.kill(procs[1].pid, signal.SIGTERM)  # one rank is enough: all ranks agree at the step boundary
+    wait(procs)
+    assert "stop signal received" in all_output(procs)
+    stopped_at = int((ck / "latest").read_text().strip().removeprefix("iter_"))
+    assert 1 <= stopped_at < 6 and not finished.exists()
+    procs = start(2, tiny(ck, *STEPS, "parallel=pp2"), tmp_path, {FINISHED_ENV: str(finished)})
+    wait(procs)
+    out = all_output(procs)
+    assert "RNG states not restored" in out  # a new layout keeps weights/optimizer, not per-rank RNG
+    assert finished.is_file()
+    resumed = metrics(ck / "metrics.jsonl")
+    for step in range(1, 7):
+        assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5, abs=1e-5), step
