@@ -129,8 +129,8 @@ def sft_fim(record: dict, ctx: ModeContext) -> list[Document]:
         if fitted is None:
             ctx.count("ast_fim_dropped_overlong")
             continue
-        for name in ("ast_fim_samples", f"ast_fim:{sample.span.category}", f"ast_fim_format:{rendering}",
-                     f"ast_fim_language:{language}"):
+        for name in ("fim_documents", "ast_fim_samples", f"ast_fim:{sample.span.category}",
+                     f"ast_fim_format:{rendering}", f"ast_fim_language:{language}"):
             ctx.count(name)
         docs.append(Document(_pieces(fitted)))
     if not docs:

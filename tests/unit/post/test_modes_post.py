@@ -119,7 +119,7 @@ def test_sft_fim_mode_renders_both_formats_and_skips_unparseable_files(tok, tmp_
     counters = report["counters"]
     assert report["skipped"]["by_reason"] == {"unparseable python file": 1, "unknown language": 1,
                                               "missing field 'text'": 1}
-    assert report["documents"] == counters["ast_fim_samples"] == 8
+    assert report["documents"] == counters["ast_fim_samples"] == 8 and report["fim_share"] == 1.0
     assert counters["ast_fim_format:chat"] + counters["ast_fim_format:fim"] == 8
     assert counters["ast_fim_format:chat"] > 0 and counters["ast_fim_format:fim"] > 0
     assert {k for k in counters if k.startswith("ast_fim_language:")} == {
