@@ -86,8 +86,8 @@ def fit_pair(chosen: list[Segment], rejected: list[Segment], max_tokens: int | N
     r, r_outcome = fit_segments(rejected, max_tokens, overlong)
     if c is None or r is None:
         return None, "dropped"
-    outcomes = {c_outcome, r_outcome} - {"fits"}
-    return (c, r), (sorted(outcomes)[-1] if outcomes else "fits")
+    severity = ("fits", "truncated_turns", "truncated_tokens")
+    return (c, r), max(c_outcome, r_outcome, key=severity.index)
 
 
 class PreferenceDataset:

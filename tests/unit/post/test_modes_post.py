@@ -139,3 +139,16 @@ def test_sft_fim_mode_renders_both_formats_and_skips_unparseable_files(tok, tmp_
             assert ids[0] == IM_START and ids[-2] == IM_END
             answer = tok.decode(ids[mask == 1])
             assert answer.startswith("```") and answer.endswith("```<|im_end|>")
+
+
+def test_fit_pair_reports_the_worse_outcome_and_drops_if_either_side_would_be():
+    from megatron_qwen.data.chat import Segment
+    from megatron_qwen.data.preference import fit_pair
+
+    def segs(answer):
+        return [Segment(np.arange(5), False, 0), Segment(np.arange(2), False, 1), Segment(np.arange(answer), True, 1)]
+
+    assert fit_pair(segs(3), segs(4), 20)[1] == "fits"
+    assert fit_pair(segs(3), segs(20), 12)[1] == "truncated_tokens"
+    assert fit_pair(segs(3), segs(20), 12, "drop") == (None, "dropped")
+    assert fit_pair(segs(3), segs(3), 7) == (None, "dropped")      # no answer token would remain
