@@ -55,6 +55,10 @@ class _DatasetTokenizer:
     vocab_size: int
     pad: int = -1
 
+    @property
+    def unique_identifiers(self) -> dict:  # part of the dataset cache key
+        return {"class": "megatron_qwen", "eod": self.eod, "vocab_size": self.vocab_size}
+
 
 def build_gpt_datasets(data: DataConfig, sizes: list[int], seed: int, vocab_size: int) -> list:
     """[train, valid, test] GPTDatasets (None for an empty split) over the blend in `data.blend`."""
