@@ -104,3 +104,54 @@ def packed_vs_separate(doc_tokens: tuple[int, ...] = (7, 13, 20), yarn_enabled: 
             mask = torch.ones(1, 1, n, n, dtype=torch.bool).triu(1)
             alone.append(model(doc[None, :-1], torch.arange(n)[None], mask, labels=doc[None, 1:])[0].tolist())
     return dict(together=together, alone=alone)
+
+
+def measure_memory(tp: int, seq: int, micro: int) -> dict:
+    """Bytes of this rank's real parameters, main grads, Adam state and saved-for-backward activations."""
+    from megatron.core import parallel_state
+
+    from megatron_qwen.config import OptimConfig
+    from megatron_qwen.model.build import build_model
+    from megatron_qwen.platform import init_distributed
+    from megatron_qwen.training.step import build_optimizer, train_step, wrap_model
+
+    cfg = get_preset("tiny-untied")
+    par = ParallelConfig(tensor_model_parallel_size=tp)
+    init_distributed(par, cfg, seq, seed=7)
+    chunks = build_model(cfg, par, seq)
+    params = [p for c in chunks for p in c.parameters()]
+    storages = {p.untyped_storage().data_ptr() for p in params}
+    tokens = torch.randint(0, cfg.vocab_size, (micro, seq), generator=torch.Generator().manual_seed(5))
+    batch = dict(tokens=tokens, labels=tokens.roll(-1, 1), loss_mask=torch.ones(micro, seq),
+                 position_ids=torch.arange(seq).expand(micro, seq).contiguous(),
+                 attention_mask=torch.ones(1, 1, seq, seq, dtype=torch.bool).triu(1))
+
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in storages:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = chunks[0](batch["tokens"], batch["position_ids"], batch["attention_mask"], labels=batch["labels"])
+    loss.sum().backward()
+    activations = sum(saved.values())
+    for p in params:
+        p.grad = None
+
+    wrapped = wrap_model(chunks, par)
+    optimizer = build_optimizer(wrapped, OptimConfig(), par)
+    train_step(wrapped, optimizer, [batch], seq, micro)
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    state = sum(t.numel() * t.element_size() for o in inner for s in o.optimizer.state.values()
+                for t in s.values() if torch.is_tensor(t) and t.dim() > 0)
+    return dict(
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        params=sum(p.numel() for p in params),
+        weights=sum(p.numel() * p.element_size() for p in params),
+        gradients=sum(p.main_grad.numel() * p.main_grad.element_size() for p in params),
+        optimizer=state,
+        activations=activations,
+    )
