@@ -155,3 +155,41 @@ def measure_memory(tp: int, seq: int, micro: int) -> dict:
         optimizer=state,
         activations=activations,
     )
+
+
+def train_tiny_checkpoint(text: str, ckpt_dir: str, steps: int = 5, seq: int = 64) -> list[float]:
+    """Train the tiny preset a few steps on `text` as UTF-8 bytes and save it with its model record."""
+    from megatron_qwen.config import OptimConfig
+    from megatron_qwen.convert.ckpt_io import save_model_checkpoint
+    from megatron_qwen.model.build import build_model
+    from megatron_qwen.platform import init_distributed
+    from megatron_qwen.training.step import build_optimizer, train_step, wrap_model
+
+    cfg = get_preset("tiny")
+    par = ParallelConfig()
+    init_distributed(par, cfg, seq, seed=7)
+    chunks = build_model(cfg, par, seq)
+    wrapped = wrap_model(chunks, par)
+    optimizer = build_optimizer(wrapped, OptimConfig(lr=3e-3), par)
+    data = torch.tensor(list(text.encode("utf-8")))
+    mask = torch.ones(1, 1, seq, seq, dtype=torch.bool).triu(1)
+    losses = []
+    for step in range(steps):
+        starts = [(step * 4 + j) * seq % (data.numel() - seq - 1) for j in range(4)]
+        block = torch.stack([data[s : s + seq + 1] for s in starts])
+        batch = dict(tokens=block[:, :-1], labels=block[:, 1:], loss_mask=torch.ones(4, seq),
+                     position_ids=torch.arange(seq).expand(4, seq).contiguous(), attention_mask=mask)
+        losses.append(train_step(wrapped, optimizer, [batch], seq, 4).loss)
+    save_model_checkpoint(chunks, ckpt_dir, model=cfg)
+    return losses
+
+
+def needle_tool(argv: list[str]) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[3] / "tools" / "needle.py"
+    spec = importlib.util.spec_from_file_location("needle_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.main(argv)
