@@ -124,7 +124,7 @@ class _Collector:
                         arr = control[int(c)] = np.asarray([c], dtype=np.int32)
                 else:
                     arr = np.asarray(c, dtype=np.int32)
-                if piece.new_sequence and current:
+                if piece.new_sequence and current and arr.size:  # an empty sentence starts nothing
                     lengths.append(current)
                     current = 0
                 current += arr.size
