@@ -66,7 +66,10 @@ def full_state(chunks, optimizer, is_loading: bool) -> dict:
     """Model and optimizer sharded state dicts (the optimizer's keyed on the model's)."""
     state = model_state(chunks)
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading)
+        # "fully_reshardable": distributed-optimizer state in model space, loadable at any TP/PP/DP
+        # (megatron's default format uses flattened ranges, which its torch_dist backend rejects).
+        metadata = {"distrib_optim_sharding_type": "fully_reshardable"}
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading, metadata=metadata)
     return state
 
 
@@ -137,8 +140,32 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise FileNotFoundError(f"checkpoint.init_path={path}: neither a checkpoint nor a dir with a '{LATEST}' marker")
 
 
+def _ensure_optimizer_state(optimizer) -> None:
+    """megatron's distributed optimizer can describe its state for loading only once it has some: take
+    one step on zero gradients with lr=0 (Adam and weight decay then move nothing); loading replaces it."""
+    from megatron.core.optimizer import distrib_optimizer
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if isinstance(opt, DistributedOptimizer) and not distrib_optimizer.HAVE_APEX_OR_TE:
+            # megatron-core 0.19.2 drops torch Adam's per-param "step" from the loaded state and then
+            # looks it up (_set_main_param_and_optimizer_states): KeyError. TE/apex keep it elsewhere.
+            raise NotImplementedError(
+                "resuming with parallel.use_distributed_optimizer=true needs Transformer Engine or apex "
+                "(GPU); on CPU train with use_distributed_optimizer=false")
+        if isinstance(opt, DistributedOptimizer) and not opt.optimizer.state:
+            groups = opt.optimizer.param_groups
+            lrs = [g["lr"] for g in groups]
+            for g in groups:
+                g["lr"] = 0.0
+            opt._init_optimizer_states_with_dummy_values()
+            for g, lr in zip(groups, lrs):
+                g["lr"] = lr
+
+
 def load(ckpt: Path, chunks, optimizer, scheduler) -> dict:
     """Collective. Restore model, optimizer, scheduler and (same layout) RNG; returns train_state."""
+    _ensure_optimizer_state(optimizer)
     state = full_state(chunks, optimizer, is_loading=True)
     loaded = dist_checkpointing.load(state, str(ckpt))
     for i, chunk in enumerate(chunks):

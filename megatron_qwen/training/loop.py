@@ -71,8 +71,26 @@ def initialize_weights(cfg: Config, chunks) -> None:
             import_in_group(c.init_path, path, cfg.parallel, params_dtype(cfg), show_progress=False)
     else:
         return
+    check_architecture(cfg, path)
     log.info("initializing weights from %s (fresh optimizer and schedule)", path)
     load_model_checkpoint(chunks, path)
+
+
+ARCHITECTURE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                "kv_channels", "vocab_size", "tie_word_embeddings")
+
+
+def check_architecture(cfg: Config, path: Path) -> None:
+    """The checkpoint's recorded shapes must be the configured model's (RoPE/YaRN/length may change)."""
+    from megatron_qwen.config import ConfigError
+    from megatron_qwen.convert.ckpt_io import read_record
+
+    saved, _ = read_record(path)
+    diffs = [f"model.{k}: checkpoint {getattr(saved, k)} vs config {getattr(cfg.model, k)}"
+             for k in ARCHITECTURE if getattr(saved, k) != getattr(cfg.model, k)]
+    if diffs:
+        raise ConfigError(f"checkpoint.init_path={cfg.checkpoint.init_path} has another architecture: "
+                          + "; ".join(diffs))
 
 
 def evaluate(cfg: Config, wrapped, source, dp_rank: int, dp: int) -> float:
@@ -180,6 +198,8 @@ def run(cfg: Config, config_dict: dict, config_yaml: str) -> dict:
         saved = bool(c.save_interval and step % c.save_interval == 0 and step < t.train_iters)
         if saved:
             save(step)
+        if saved or (t.eval_interval and step % t.eval_interval == 0):
+            window_start = time.perf_counter()  # rates measure training only
         if stop.requested_everywhere():
             log.warning("stop signal received: saving at step %d and exiting", step)
             if not saved:

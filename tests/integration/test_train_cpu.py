@@ -29,20 +29,27 @@ def test_loss_falls_and_wandb_offline_files(tmp_path: Path):
     assert len([h for h in logged if "loss" in h]) == 24
 
 
+STEPS = ["train.train_iters=3", "checkpoint.save_interval=0"]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> tuple[Path, dict[int, dict]]:
+    """(initial weights, per-step metrics) of a one-process run. Pipeline stages draw their random init
+    from per-stage seeds, so parallel runs start from these weights (a step with lr=0 leaves them as is)."""
+    root = tmp_path_factory.mktemp("one")
+    train(1, tiny(root / "init", "train.train_iters=1", "optim.lr=0", "optim.min_lr=0", "optim.warmup_steps=0"),
+          root)
+    train(1, tiny(root / "one", *STEPS), root)
+    return root / "init", metrics(root / "one" / "metrics.jsonl")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp2", "pp2"])
-def test_two_process_layouts_match_one_process(tmp_path: Path, layout: str):
-    steps = ["train.train_iters=3", "checkpoint.save_interval=0"]
-    train(1, tiny(tmp_path / "one", *steps), tmp_path)
-    init = []
-    if layout == "pp2":
-        # Pipeline stages draw their random init from per-stage seeds; start from the one-process init
-        # (a step with lr=0 leaves it unchanged) so both runs begin with the same weights.
-        train(1, tiny(tmp_path / "init", "train.train_iters=1", "optim.lr=0", "optim.min_lr=0",
-                      "optim.warmup_steps=0"), tmp_path)
-        init = ["checkpoint.init_from=checkpoint", f"checkpoint.init_path={tmp_path / 'init'}"]
-    train(2, tiny(tmp_path / layout, *steps, f"parallel={layout}", *init), tmp_path)
-    one, two = metrics(tmp_path / "one" / "metrics.jsonl"), metrics(tmp_path / layout / "metrics.jsonl")
+def test_two_process_layouts_match_one_process(tmp_path: Path, layout: str, one_process):
+    init, one = one_process
+    train(2, tiny(tmp_path / layout, *STEPS, f"parallel={layout}", "checkpoint.init_from=checkpoint",
+                  f"checkpoint.init_path={init}"), tmp_path)
+    two = metrics(tmp_path / layout / "metrics.jsonl")
     for step in (1, 2, 3):
         assert two[step]["loss"] == pytest.approx(one[step]["loss"], rel=1e-5, abs=1e-5), step
         assert two[step]["grad_norm"] == pytest.approx(one[step]["grad_norm"], rel=1e-4), step
@@ -62,3 +69,31 @@ def test_stage_two_starts_from_stage_one_weights(tmp_path: Path):
     assert second[1]["lr"] == pytest.approx(1.0e-3)
     stage2_cfg = (tmp_path / "s2" / "iter_0000002" / "config.yaml").read_text()
     assert "rope_theta: 100000.0" in stage2_cfg and "seq_length: 64" in stage2_cfg
+
+
+@pytest.mark.slow
+def test_stage_starts_from_a_hugging_face_checkpoint(tmp_path: Path):
+    """init_from=hf imports through the conversion importer; a step with lr=0 keeps the HF weights."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from megatron_qwen.model.presets import PRESETS
+
+    m = PRESETS["tiny"]
+    torch.manual_seed(0)
+    hf = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=m.vocab_size, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
+        num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_query_groups, tie_word_embeddings=True, rope_theta=1e6,
+        max_position_embeddings=m.max_position_embeddings, rms_norm_eps=1e-6, torch_dtype="float32"))
+    hf.save_pretrained(str(tmp_path / "hf"))
+    out = train(1, tiny(tmp_path / "ck", "train.train_iters=1", "optim.lr=0", "optim.min_lr=0",
+                        "optim.warmup_steps=0", "checkpoint.init_from=hf",
+                        f"checkpoint.init_path={tmp_path / 'hf'}"), tmp_path)
+    assert "initializing weights from" in out
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(str(tmp_path / "ck" / "iter_0000001"), str(tmp_path / "full.pt"))
+    state = torch.load(tmp_path / "full.pt", weights_only=False)
+    emb = state["embedding.word_embeddings.weight"]
+    assert torch.equal(emb, hf.model.embed_tokens.weight.detach())

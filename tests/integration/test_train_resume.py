@@ -38,7 +38,8 @@ def _wait_for_step(path: Path, step: int, procs, timeout: float = 180) -> None:
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_identical_losses_and_skips_interrupted_save(tmp_path: Path, reference):
     ck = tmp_path / "ck"
-    procs = start(1, tiny(ck, *STEPS), tmp_path)
+    wandb = ["logging=wandb", f"logging.wandb_dir={tmp_path / 'wb'}"]
+    procs = start(1, tiny(ck, *STEPS, *wandb), tmp_path)
     _wait_for_step(ck / "metrics.jsonl", 3, procs)  # iter_0000002 is complete
     for p in procs:
         p.send_signal(signal.SIGKILL)
@@ -48,13 +49,16 @@ def test_sigkill_then_resume_gives_identical_losses_and_skips_interrupted_save(t
     (ck / "iter_0000008.partial").mkdir()
     (ck / "iter_0000008.partial" / "__0_0.distcp").write_bytes(b"truncated")
     (ck / "iter_0000009").mkdir()
-    out = train(1, tiny(ck, *STEPS), tmp_path)
+    out = train(1, tiny(ck, *STEPS, *wandb), tmp_path)
     assert f"resuming from {ck / latest}" in out
     assert "ignoring checkpoint" in out and "iter_0000009" in out
     resumed = metrics(ck / "metrics.jsonl")
     for step in range(1, 7):
         assert resumed[step]["loss"] == reference[step]["loss"], (step, resumed[step], reference[step])
         assert resumed[step]["lr"] == reference[step]["lr"]
+    # The resumed run continues the same W&B run (same id, a second offline segment).
+    runs = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1, runs
     kept = sorted(p.name for p in ck.glob("iter_*") if not p.name.endswith(".partial") and p.name != "iter_0000009")
     assert kept == ["iter_0000004", "iter_0000006"]  # keep_last=2
 
