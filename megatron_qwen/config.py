@@ -171,6 +171,7 @@ class LoggingConfig:
     wandb_name: str | None = None
     wandb_mode: str = "offline"  # "online", "offline" or "disabled"
     wandb_dir: str | None = None  # None: checkpoint.dir (or ./wandb)
+    wandb_id: str | None = None  # a fixed run id (e.g. set by the launcher); a checkpoint's id wins on resume
     metrics_file: str | None = None  # JSON lines, one per logged step (None: checkpoint.dir/metrics.jsonl)
     peak_tflops: float | None = None  # None: from the device table (H100 989 bf16, 1979 fp8)
 

@@ -20,8 +20,9 @@ ConfigStore.instance().store(name="base_config", node=Config)
 
 
 def to_config(dcfg: DictConfig) -> Config:
-    """The composed DictConfig as our dataclasses (OmegaConf has already type-checked every field)."""
-    return OmegaConf.to_object(dcfg)
+    """The composed DictConfig as our dataclasses. Merging onto the schema also types a saved, resolved
+    config.yaml started with --config-path/--config-name (the Slurm launcher's way), which has no defaults."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), dcfg))
 
 
 @hydra.main(version_base="1.3", config_path="../hydra", config_name="config")

@@ -164,7 +164,7 @@ def run(cfg: Config, config_dict: dict, config_yaml: str) -> dict:
         state = ckpt_mod.load(latest, chunks, optimizer, scheduler)
     train_src, valid_src = build_sources(cfg.data, t.train_iters * t.global_batch_size,
                                          max(t.eval_iters, 1) * t.global_batch_size, cfg.seed, cfg.model.vocab_size)
-    sink = MetricsSink(cfg, config_dict, state.get("wandb_id"))
+    sink = MetricsSink(cfg, config_dict, state.get("wandb_id") or cfg.logging.wandb_id)
     run_id = _shared_run_id(sink)
     peak = device_peak_tflops("fp8" if cfg.model.fp8_recipe else "bf16", cfg.logging.peak_tflops)
     stop = StopSignal.install((signal.SIGTERM, signal.SIGUSR1))

@@ -58,14 +58,14 @@ def test_two_process_layouts_match_one_process(tmp_path: Path, layout: str, one_
 @pytest.mark.slow
 def test_stage_two_starts_from_stage_one_weights(tmp_path: Path):
     s1 = tmp_path / "s1"
-    train(1, tiny(s1, "train.train_iters=12"), tmp_path)
+    train(1, tiny(s1, "train.train_iters=8"), tmp_path)
     out = train(1, ["experiment=tiny_cpu_stage2", f"checkpoint.dir={tmp_path / 's2'}", f"checkpoint.init_path={s1}",
                     "train.train_iters=2"], tmp_path)
-    assert "initializing weights from" in out and "iter_0000012" in out
+    assert "initializing weights from" in out and "iter_0000008" in out
     first = metrics(s1 / "metrics.jsonl")
     second = metrics(tmp_path / "s2" / "metrics.jsonl")
     # Learned weights carry over (fresh init starts near ln(512) = 6.24); fresh schedule: warmup from 0 again.
-    assert second[1]["loss"] < first[1]["loss"] - 1.0
+    assert second[1]["loss"] < first[1]["loss"] - 0.8
     assert second[1]["lr"] == pytest.approx(1.0e-3)
     stage2_cfg = (tmp_path / "s2" / "iter_0000002" / "config.yaml").read_text()
     assert "rope_theta: 100000.0" in stage2_cfg and "seq_length: 64" in stage2_cfg

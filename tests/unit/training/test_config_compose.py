@@ -91,3 +91,14 @@ def test_validation_error_exits_2_before_any_process_group():
                          env={**__import__("os").environ, "RANK": "0", "WORLD_SIZE": "1", "MASTER_PORT": "1"})
     assert out.returncode == 2, out.stderr[-2000:]
     assert "train.global_batch_size (7)" in out.stderr
+
+
+def test_a_saved_resolved_config_types_without_defaults():
+    """The Slurm launcher starts the trainer on a saved, resolved config.yaml (no defaults list)."""
+    from megatron_qwen.train import to_config
+
+    with initialize_config_dir(config_dir=str(HYDRA), version_base="1.3"):
+        composed = compose("config", overrides=["experiment=tiny_cpu"])
+    saved = OmegaConf.create(OmegaConf.to_yaml(OmegaConf.to_container(composed, resolve=True)))
+    cfg = to_config(saved)
+    assert isinstance(cfg, Config) and cfg.train.global_batch_size == 8 and cfg.model.name == "tiny"
