@@ -15,9 +15,15 @@ import json
 import numpy as np
 import pytest
 
-from tests.unit.data.conftest import qwen, run_mode, stdlib_texts  # noqa: F401  (qwen: fixture)
+from megatron_qwen.data.tokenizer import load_tokenizer
+from tests.unit.data.conftest import run_mode, stdlib_texts
 
 pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_tokenizer_dir):
+    return load_tokenizer(qwen_tokenizer_dir)
 
 
 def megatron_reference(tokenizer_dir, records: list[dict], keys: list[str], prefix: str, append_eod: bool) -> None:
