@@ -28,6 +28,7 @@ from megatron_qwen.training.metrics import device_peak_tflops, memory_gib, throu
 from megatron_qwen.training.schedule import build_scheduler, current_lr
 from megatron_qwen.training.step import (
     build_optimizer,
+    forward_step,
     reduce_reports,
     run_forward_backward,
     train_step,
@@ -36,6 +37,10 @@ from megatron_qwen.training.step import (
 from megatron_qwen.training.wandb_logger import build_logger
 
 log = logging.getLogger("megatron_qwen.train")
+
+# stage.objective -> megatron forward-step function (batch -> output, loss function). Post-training adds
+# "sft" (loss mask from the dataset) and "dpo" here, and to validate.OBJECTIVES.
+STEP_FUNCS = {"pretrain": forward_step}
 
 
 def params_dtype(cfg: Config) -> torch.dtype:
@@ -102,7 +107,8 @@ def evaluate(cfg: Config, wrapped, source, dp_rank: int, dp: int) -> float:
         for i in range(t.eval_iters):
             mbs = _to_device(microbatches(source, i * t.global_batch_size, t.global_batch_size,
                                           t.micro_batch_size, dp_rank, dp, seq))
-            reports = run_forward_backward(wrapped, mbs, seq, t.micro_batch_size, forward_only=True)
+            reports = run_forward_backward(wrapped, mbs, seq, t.micro_batch_size, forward_only=True,
+                                           step_func=STEP_FUNCS[cfg.stage.objective])
             loss, tokens = reduce_reports(reports)
             total += torch.tensor([loss * tokens, tokens], dtype=torch.float64)
     for chunk in wrapped:
@@ -181,7 +187,7 @@ def run(cfg: Config, config_dict: dict, config_yaml: str) -> dict:
         mbs = _to_device(microbatches(train_src, step * t.global_batch_size, t.global_batch_size,
                                       t.micro_batch_size, dp_rank, dp, seq))
         lr = current_lr(optimizer)
-        result = train_step(wrapped, optimizer, mbs, seq, t.micro_batch_size)
+        result = train_step(wrapped, optimizer, mbs, seq, t.micro_batch_size, STEP_FUNCS[cfg.stage.objective])
         scheduler.step(1)
         step += 1
         window_steps += 1
