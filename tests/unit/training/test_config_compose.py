@@ -37,7 +37,13 @@ def test_there_are_experiments():
 def test_experiment_composes_and_validates(name):
     cfg = compose_config(f"experiment={name}")
     assert isinstance(cfg, Config) and isinstance(cfg.model.yarn.factor, float)
-    validate_config(cfg, world_size=1)
+    # Experiments meant for the launcher leave the keys it fills in (launch.stages.TrainerKeys) unset.
+    cfg.checkpoint.dir = cfg.checkpoint.dir or "/tmp/launcher-fills-this"
+    if cfg.checkpoint.init_from == "checkpoint":
+        cfg.checkpoint.init_path = cfg.checkpoint.init_path or "/tmp/previous-stage"
+    world = max(cfg.parallel.tensor_model_parallel_size * cfg.parallel.pipeline_model_parallel_size
+                * cfg.parallel.context_parallel_size, 1)
+    validate_config(cfg, world_size=world)
 
 
 @pytest.mark.parametrize("name", EXAMPLE_EXPERIMENTS)
