@@ -306,3 +306,18 @@ def validate_model_parallel(model: ModelConfig, parallel: ParallelConfig, seq_le
         raise ConfigError(
             f"model.transformer_impl ({m.transformer_impl!r}) must be 'auto', 'local' or 'transformer_engine'"
         )
+
+
+def register_configs() -> None:
+    """Register the schema as `base_config` in Hydra's ConfigStore (hydra/config.yaml builds on it)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def from_dictconfig(cfg: Any) -> Config:
+    """A composed (or saved, resolved) DictConfig as the typed tree; unknown keys or wrong types fail here,
+    naming the key."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))

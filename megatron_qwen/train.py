@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import sys
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 import hydra
-from megatron_qwen.config import Config, ConfigError
+from megatron_qwen.config import Config, ConfigError, from_dictconfig, register_configs
 
-ConfigStore.instance().store(name="base_config", node=Config)
+register_configs()
 
 
 def to_config(dcfg: DictConfig) -> Config:
     """The composed DictConfig as our dataclasses. Merging onto the schema also types a saved, resolved
     config.yaml started with --config-path/--config-name (the Slurm launcher's way), which has no defaults."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), dcfg))
+    return from_dictconfig(dcfg)
 
 
 @hydra.main(version_base="1.3", config_path="../hydra", config_name="config")

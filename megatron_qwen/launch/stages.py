@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from megatron_qwen.config import ClusterConfig, Config, ConfigError
+from megatron_qwen.config import ClusterConfig, Config, ConfigError, from_dictconfig, register_configs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_DIR = REPO_ROOT / "hydra"
@@ -83,6 +83,7 @@ def compose(overrides: Sequence[str], config_dir: Path = DEFAULT_CONFIG_DIR,
 
     if not (config_dir / f"{config_name}.yaml").is_file():
         raise ConfigError(f"no {config_name}.yaml in the Hydra config directory {config_dir}; pass --config-dir")
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3", job_name="launch"):
         cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
@@ -96,7 +97,7 @@ def compose(overrides: Sequence[str], config_dir: Path = DEFAULT_CONFIG_DIR,
 
 def typed(cfg: DictConfig) -> Config:
     """The typed tree: unknown keys or wrong types fail here, on the login node, with the key's name."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+    return from_dictconfig(cfg)
 
 
 def _slug(text: str) -> str:
