@@ -186,6 +186,39 @@ class StageConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Stage 3 SFT (training/post/sft.py): conversations from `data.blend` (`--mode sft` prefixes), loss on
+    answers only, packed to data.seq_length with cu_seqlens when data.packed_sequences (else padded)."""
+
+    fim_prefix: str | None = None  # an `--mode sft-fim` dataset mixed in at `fim_share` of the samples
+    fim_share: float = 0.0  # share of training samples drawn from fim_prefix (0 when the JSONL is pre-mixed)
+    overlong: str = "error"  # a conversation longer than seq_length + 1 tokens: "error", "truncate" or "drop"
+    valid_prefix: str | None = None  # held-out conversations for train.eval_interval (None: no evaluation)
+
+
+@dataclass
+class DPOConfig:
+    """Offline DPO (training/post/dpo.py) on `--mode dpo` pairs in `data.blend` (one prefix)."""
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # conservative DPO: assumed share of flipped preference labels, in [0, 0.5)
+    sft_weight: float = 0.0  # weight of an extra per-token NLL term on the chosen answers
+    # Reference log-probs (the frozen start model, i.e. checkpoint.init_path) are computed in one forward-only
+    # pass at the start of the stage and kept here; None: checkpoint.dir/reference_logps.pt.
+    reference_cache: str | None = None
+
+
+@dataclass
+class PostTrainConfig:
+    """Post-training (stage 3): SFT coarse/fine and DPO; read when stage.objective is "sft" or "dpo"."""
+
+    pad_token_id: int | None = None  # padding id (loss-masked); None: data.eod_token_id
+    shuffle: bool = True  # shuffle SFT samples / DPO pairs once with the run's seed
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+
+
+@dataclass
 class Config:
     """The whole tree; Hydra composes `hydra/` YAML onto it."""
 
@@ -198,6 +231,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    post: PostTrainConfig = field(default_factory=PostTrainConfig)
     seed: int = 1234
 
 

@@ -1,0 +1,225 @@
+"""Offline DPO on megatron's schedules: paired micro-batches, a precomputed frozen reference, exact averaging.
+
+Why it exists: DPO compares each pair's chosen and rejected answers, so both must reach the same loss
+function call. The pieces:
+
+- `PairRows`: the loop addresses samples by a global index; for DPO index j is one *sequence*: pair
+  j // 2, chosen if j is even, rejected if odd. `train.micro_batch_size` and `train.global_batch_size`
+  therefore count sequences (two per pair; both must be even), a micro-batch of B pairs is the [2B, S]
+  block of `data.preference.collate_pairs` (chosen rows first), and the pipeline's activation shape
+  (seq_length, micro_batch_size) is exact with no change to the loop.
+- The reference model is the stage's starting weights (`checkpoint.init_path`, the SFT result). Its
+  response log-probs are computed once, forward-only, at the start of the stage: by the policy itself
+  before its first update (it *is* the reference then — no second model in memory), or, when a run
+  resumes without the cache, by a model loaded from `init_path`. Data-parallel ranks split the pairs,
+  the table [pairs, 2] is all-reduced and kept in memory and in `post.dpo.reference_cache`
+  (default `checkpoint.dir/reference_logps.pt`).
+- `dpo_forward_step`: GPTModel given labels returns the per-token loss, i.e. −log p of every label
+  (under TP: −vocab_parallel_cross_entropy, already complete on every TP rank); the loss function sums
+  it over the answer tokens (the loss mask) and calls `training.dpo_loss.dpo_loss`.
+- Averaging: the loss function returns (DPO loss × pairs in the micro-batch, pairs, report). step.py's
+  per-token contract divides the summed gradients by the pairs of the whole global batch (over
+  micro-batches and data-parallel ranks), so the step minimizes the mean over all pairs of the global
+  batch — the same number on every layout. The "lm loss" report is (loss sum, pairs), so the loop's
+  logged `loss` is that mean; the DPO metrics (rewards, accuracy, log-probs) travel the same way in a
+  side channel `pop_metrics()` reads at log time (the loop's StepResult carries only the loss).
+  Context parallelism is not supported here (sequence sums would need a CP all-reduce).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_qwen.config import Config
+from megatron_qwen.data.preference import PreferenceDataset, collate_pairs
+from megatron_qwen.training.dpo_loss import dpo_loss, sequence_logps
+
+log = logging.getLogger("megatron_qwen.train")
+
+METRICS = ("loss/dpo", "loss/sft", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy",
+           "logps/chosen", "logps/rejected")
+_pending: list[torch.Tensor] = []  # per micro-batch [pairs, metric sums...] since the last pop_metrics()
+
+
+class PairRows:
+    """Sequence-indexed view of a PreferenceDataset (see the module doc); `collate` builds [2B, S] batches."""
+
+    def __init__(self, pairs: PreferenceDataset, seq_length: int, pad_id: int, dpo, shuffle: bool, seed: int):
+        self.pairs, self.seq_length, self.pad_id = pairs, seq_length, pad_id
+        self.hparams = {"beta": dpo.beta, "label_smoothing": dpo.label_smoothing, "sft_weight": dpo.sft_weight}
+        n = len(pairs)
+        if n == 0:
+            raise ValueError("the DPO dataset has no pairs")
+        self.order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        self.reference: torch.Tensor | None = None  # [pairs, 2] (chosen, rejected) summed log-probs
+
+    def __len__(self) -> int:
+        return 2 * len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"pair": int(self.order[index // 2]), "side": index % 2}
+
+    def collate(self, samples: list[dict], seq_length: int) -> dict:
+        ids = [s["pair"] for s in samples[0::2]]
+        if len(samples) % 2 or any(s["side"] != k % 2 or s["pair"] != ids[k // 2] for k, s in enumerate(samples)):
+            raise ValueError("a DPO micro-batch must hold whole pairs (chosen, rejected); train.micro_batch_size "
+                             "and the data-parallel share of train.global_batch_size count sequences and must be even")
+        return self.batch_of_pairs(ids)
+
+    def batch_of_pairs(self, ids: list[int]) -> dict:
+        batch = collate_pairs([self.pairs[i] for i in ids], self.seq_length, self.pad_id)
+        for key in ("tokens", "labels", "position_ids"):
+            batch[key] = batch[key].long()
+        batch["loss_mask"] = batch["loss_mask"].float()
+        s = self.seq_length
+        batch["attention_mask"] = torch.ones(1, 1, s, s, dtype=torch.bool).triu(1)
+        batch["pair_ids"] = torch.tensor(ids, dtype=torch.long)
+        ref = self.reference[ids] if self.reference is not None else torch.zeros(len(ids), 2, dtype=torch.float64)
+        batch["reference_logps"] = torch.cat([ref[:, 0], ref[:, 1]]).float()  # row order: chosen, then rejected
+        batch["dpo"] = self.hparams
+        return batch
+
+
+def _forward(batch: dict, model):
+    return model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"],
+                 packed_seq_params=batch.get("packed_seq_params"))
+
+
+def dpo_loss_func(batch: dict, output_tensor: torch.Tensor):
+    """(DPO loss × pairs, pairs, report) of one micro-batch; output_tensor is the [2B, S] per-token −log p."""
+    logps, counts = sequence_logps(-output_tensor.float(), batch["loss_mask"])
+    ref = batch["reference_logps"].to(logps.device)
+    b = batch["num_pairs"]
+    out = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], chosen_tokens=counts[:b], **batch["dpo"])
+    total = out.loss * b
+    sums = [float(b)] + [float(out.metrics[k]) * b if k in out.metrics else 0.0 for k in METRICS]
+    _pending.append(torch.tensor(sums, dtype=torch.float64))
+    report = torch.stack([total.detach(), torch.tensor(float(b), device=total.device)])
+    return total, torch.tensor(b, dtype=torch.int, device=total.device), {"lm loss": report}
+
+
+def dpo_forward_step(data_iterator, model):
+    batch = next(data_iterator)
+    return _forward(batch, model), partial(dpo_loss_func, batch)
+
+
+def _reference_loss_func(batch: dict, output_tensor: torch.Tensor):
+    logps, _ = sequence_logps(-output_tensor.float(), batch["loss_mask"])
+    zero = logps.sum() * 0
+    return zero, torch.tensor(1, dtype=torch.int), {"logps": logps.detach().cpu(), "pair_ids": batch["pair_ids"]}
+
+
+def _reference_step(data_iterator, model):
+    batch = next(data_iterator)
+    return _forward(batch, model), partial(_reference_loss_func, batch)
+
+
+def pop_metrics() -> dict[str, float]:
+    """Mean DPO metrics over the pairs trained since the last call (every rank must call it together)."""
+    totals = torch.zeros(1 + len(METRICS), dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        for t in _pending:
+            totals += t
+    _pending.clear()
+    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    dist.broadcast(totals, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                   group=parallel_state.get_pipeline_model_parallel_group())
+    pairs = float(totals[0])
+    return {k: float(v) / max(pairs, 1.0) for k, v in zip(METRICS, totals[1:].tolist())}
+
+
+def compute_reference_logps(chunks, rows: PairRows, micro_batch_size: int, rounds: int = 8) -> torch.Tensor:
+    """[pairs, 2] summed answer log-probs of `chunks` (forward-only), identical on every rank."""
+    from megatron_qwen.training.step import run_forward_backward
+
+    n = len(rows.pairs)
+    dp = parallel_state.get_data_parallel_world_size()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    per_mb = micro_batch_size // 2
+    mine = list(range(dp_rank, n, dp))
+    if mine and len(mine) % per_mb:
+        mine += [mine[-1]] * (per_mb - len(mine) % per_mb)  # full micro-batches (fixed pipeline shapes)
+    table = torch.zeros(n, 2, dtype=torch.float64)
+    saved, rows.reference = rows.reference, None
+    for chunk in chunks:
+        chunk.eval()
+    cuda = torch.cuda.is_available()
+    with torch.no_grad():
+        for start in range(0, len(mine), per_mb * rounds):
+            mbs = [rows.batch_of_pairs(mine[i:i + per_mb]) for i in range(start, min(len(mine), start + per_mb * rounds), per_mb)]
+            if cuda:
+                mbs = [{k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()} for b in mbs]
+            reports = run_forward_backward(chunks, mbs, rows.seq_length, micro_batch_size, forward_only=True,
+                                           step_func=_reference_step)
+            if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+                for r in reports:
+                    ids, lp = r["pair_ids"].cpu(), r["logps"].double()
+                    table[ids, 0], table[ids, 1] = lp[:len(ids)], lp[len(ids):]
+    for chunk in chunks:
+        chunk.train()
+    rows.reference = saved
+    dist.all_reduce(table, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    dist.broadcast(table, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                   group=parallel_state.get_pipeline_model_parallel_group())
+    return table
+
+
+def _cache_path(cfg: Config) -> Path | None:
+    if cfg.post.dpo.reference_cache:
+        return Path(cfg.post.dpo.reference_cache)
+    return Path(cfg.checkpoint.dir) / "reference_logps.pt" if cfg.checkpoint.dir else None
+
+
+def _meta(cfg: Config, rows: PairRows) -> dict:
+    return {"data": str(Path(str(cfg.data.blend[-1])).resolve()), "pairs": len(rows.pairs),
+            "seq_length": cfg.data.seq_length, "init_path": cfg.checkpoint.init_path, "pad_id": rows.pad_id}
+
+
+def _reference_model(cfg: Config):
+    """A frozen copy of the start weights (checkpoint.init_path), for a resumed run without the cache."""
+    from megatron_qwen.config import ConfigError
+    from megatron_qwen.convert.ckpt_io import load_model_checkpoint
+    from megatron_qwen.model.build import build_model
+    from megatron_qwen.training import checkpoint as ckpt_mod
+    from megatron_qwen.training.loop import params_dtype
+
+    if cfg.checkpoint.init_from != "checkpoint":
+        raise ConfigError("a resumed DPO run lost its reference log-probs (post.dpo.reference_cache) and can only "
+                          "recompute them from checkpoint.init_from=checkpoint + checkpoint.init_path")
+    chunks = build_model(cfg.model, cfg.parallel, cfg.data.seq_length, params_dtype(cfg))
+    load_model_checkpoint(chunks, ckpt_mod.resolve_checkpoint(cfg.checkpoint.init_path))
+    return chunks
+
+
+def build_dpo_source(cfg: Config, chunks, resumed: bool) -> PairRows:
+    """The pair source with its reference table: from the cache, or computed now (see the module doc)."""
+    prefix = str(cfg.data.blend[-1])
+    pad = cfg.post.pad_token_id if cfg.post.pad_token_id is not None else cfg.data.eod_token_id
+    rows = PairRows(PreferenceDataset(prefix), cfg.data.seq_length, pad, cfg.post.dpo, cfg.post.shuffle, cfg.seed)
+    path, meta = _cache_path(cfg), _meta(cfg, rows)
+    cached = torch.load(path, weights_only=False) if path and path.exists() else None
+    if cached is not None and cached["meta"] == meta:
+        log.info("reference log-probs of %d pairs from %s", len(rows.pairs), path)
+        rows.reference = cached["logps"]
+        return rows
+    if cached is not None and not resumed:
+        log.warning("%s was computed for %s, not %s: recomputing", path, cached["meta"], meta)
+    log.info("reference log-probs of %d pairs: one forward-only pass of the %s", len(rows.pairs),
+             "start weights (reloaded)" if resumed else "policy before its first update")
+    ref_chunks = _reference_model(cfg) if resumed else chunks
+    rows.reference = compute_reference_logps(ref_chunks, rows, cfg.train.micro_batch_size)
+    del ref_chunks
+    if path and dist.get_rank() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        torch.save({"meta": meta, "logps": rows.reference}, tmp)
+        os.replace(tmp, path)
+    return rows
