@@ -114,6 +114,9 @@ def microbatches(source: SampleSource, first_sample: int, global_batch: int, mic
     out = []
     for offset in range(0, share, micro_batch):
         samples = [source[(start + offset + j) % len(source)] for j in range(micro_batch)]
+        if hasattr(source, "collate"):  # post-training sources build their own batches (packed rows, pairs)
+            out.append(shard_for_context_parallel(source.collate(samples, seq_length)))
+            continue
         batch = {
             key: torch.stack([torch.as_tensor(s[key]) for s in samples])
             for key in ("tokens", "labels", "loss_mask")

@@ -23,6 +23,7 @@ from megatron_qwen.launch.preemption import StopSignal, mark_finished
 from megatron_qwen.model.build import build_model
 from megatron_qwen.platform import init_distributed
 from megatron_qwen.training import checkpoint as ckpt_mod
+from megatron_qwen.training import post
 from megatron_qwen.training.data import build_sources, microbatches
 from megatron_qwen.training.metrics import device_peak_tflops, memory_gib, throughput
 from megatron_qwen.training.schedule import build_scheduler, current_lr
@@ -40,7 +41,7 @@ log = logging.getLogger("megatron_qwen.train")
 
 # stage.objective -> megatron forward-step function (batch -> output, loss function). Post-training adds
 # "sft" (loss mask from the dataset) and "dpo" here, and to validate.OBJECTIVES.
-STEP_FUNCS = {"pretrain": forward_step}
+STEP_FUNCS = {"pretrain": forward_step, **post.STEP_FUNCS}
 
 
 def params_dtype(cfg: Config) -> torch.dtype:
@@ -168,8 +169,12 @@ def run(cfg: Config, config_dict: dict, config_yaml: str) -> dict:
     if latest is not None:
         log.info("resuming from %s", latest)
         state = ckpt_mod.load(latest, chunks, optimizer, scheduler)
-    train_src, valid_src = build_sources(cfg.data, t.train_iters * t.global_batch_size,
-                                         max(t.eval_iters, 1) * t.global_batch_size, cfg.seed, cfg.model.vocab_size)
+    if cfg.stage.objective in post.OBJECTIVES:  # SFT conversations / DPO pairs (+ the reference pass)
+        train_src, valid_src = post.build_sources(cfg, wrapped, latest is not None, t.train_iters * t.global_batch_size,
+                                                  max(t.eval_iters, 1) * t.global_batch_size)
+    else:
+        train_src, valid_src = build_sources(cfg.data, t.train_iters * t.global_batch_size,
+                                             max(t.eval_iters, 1) * t.global_batch_size, cfg.seed, cfg.model.vocab_size)
     sink = MetricsSink(cfg, config_dict, state.get("wandb_id") or cfg.logging.wandb_id)
     run_id = _shared_run_id(sink)
     peak = device_peak_tflops("fp8" if cfg.model.fp8_recipe else "bf16", cfg.logging.peak_tflops)
@@ -197,7 +202,7 @@ def run(cfg: Config, config_dict: dict, config_yaml: str) -> dict:
             rates = throughput(cfg.model, seq, tokens_per_step * window_steps, elapsed, dist.get_world_size(), peak)
             sink.emit(step, {"loss": result.loss, "grad_norm": None if result.grad_norm is None
                              else float(result.grad_norm), "lr": lr, **rates, **memory_gib(),
-                             "consumed_samples": step * t.global_batch_size})
+                             "consumed_samples": step * t.global_batch_size, **post.step_metrics(cfg)})
             window_start, window_steps = time.perf_counter(), 0
         if t.eval_interval and valid_src is not None and step % t.eval_interval == 0:
             sink.emit(step, {"val_loss": evaluate(cfg, wrapped, valid_src, dp_rank, dp)})

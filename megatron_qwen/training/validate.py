@@ -13,7 +13,7 @@ from megatron_qwen.training.schedule import SCHEDULES
 INIT_FROM = ("none", "checkpoint", "hf")
 WANDB_MODES = ("online", "offline", "disabled")
 DTYPES = ("auto", "bf16", "fp32")
-OBJECTIVES = ("pretrain",)
+OBJECTIVES = ("pretrain", "sft", "dpo")
 
 
 def validate_config(cfg: Config, world_size: int | None = None) -> None:
@@ -57,6 +57,10 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     if cfg.stage.objective not in OBJECTIVES:
         raise ConfigError(f"stage.objective ({cfg.stage.objective!r}) is not implemented yet; "
                           f"this trainer runs {OBJECTIVES}")
+    if cfg.stage.objective in ("sft", "dpo"):
+        from megatron_qwen.training.post import validate_post
+
+        validate_post(cfg, None if world_size is None else derive_data_parallel_size(cfg.parallel, world_size))
     if world_size is not None:
         dp = derive_data_parallel_size(cfg.parallel, world_size)
         if t.global_batch_size % (t.micro_batch_size * dp):
