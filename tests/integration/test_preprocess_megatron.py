@@ -26,15 +26,21 @@ def qwen(qwen_tokenizer_dir):
     return load_tokenizer(qwen_tokenizer_dir)
 
 
-def megatron_reference(tokenizer_dir, records: list[dict], keys: list[str], prefix: str, append_eod: bool) -> None:
-    from megatron.core.datasets import indexed_dataset
+@pytest.fixture(scope="module")
+def megatron_tokenizer(qwen_tokenizer_dir):
+    """Megatron's tokenizer, built from its own flags the way its preprocess_data builds it."""
     from megatron.core.tokenizers.utils.build_tokenizer import build_tokenizer
     from megatron.training.arguments import _add_tokenizer_args
 
     args = _add_tokenizer_args(argparse.ArgumentParser()).parse_args(
-        ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tokenizer_dir)])
+        ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(qwen_tokenizer_dir)])
     args.rank, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size, args.vocab_extra_ids = 1, 128, 1, 0
-    tokenizer = build_tokenizer(args)
+    return build_tokenizer(args)
+
+
+def megatron_reference(tokenizer, records: list[dict], keys: list[str], prefix: str, append_eod: bool) -> None:
+    from megatron.core.datasets import indexed_dataset
+
     builders = {k: indexed_dataset.IndexedDatasetBuilder(
         f"{prefix}_{k}_document.bin", dtype=indexed_dataset.DType.optimal_dtype(tokenizer.vocab_size)) for k in keys}
     for record in records:
@@ -67,11 +73,11 @@ def assert_same_dataset(a: str, b: str) -> None:
 
 
 @pytest.mark.parametrize("append_eod", [True, False])
-def test_plain_matches_megatron_preprocess_data(qwen, tmp_path, append_eod):
+def test_plain_matches_megatron_preprocess_data(qwen, megatron_tokenizer, tmp_path, append_eod):
     texts = stdlib_texts(25) + ["héllo wörld — naïve café ∑ 你好 🙂 e\u0301\n", "  spaces\t\ttabs\r\n\r\n"]
     records = [{"text": t, "title": f"file {k}", "parts": [t[:50], "", t[50:120]]} for k, t in enumerate(texts)]
     keys = ["text", "title", "parts"]
-    megatron_reference(qwen.path, records, keys, str(tmp_path / "ref"), append_eod)
+    megatron_reference(megatron_tokenizer, records, keys, str(tmp_path / "ref"), append_eod)
     extra = ["--json-keys", *keys, "--workers", "2", "--chunk-bytes", "30000"] + (["--append-eod"] if append_eod else [])
     report, prefix = run_mode(qwen.path, tmp_path, "plain", records, *extra)
     for key in keys:
