@@ -55,3 +55,13 @@ def test_decontaminate_tool_filters_jsonl(tmp_path):
     assert kept == [{"text": CLEAN}]
     report = json.loads((tmp_path / "clean.jsonl.report.json").read_text())
     assert report["kept"] == 1 and report["removed_by_benchmark"] == {"humaneval": 1}
+
+
+def test_repo_mode_drops_only_the_contaminated_file(qwen, tmp_path):
+    problem = read_problems()["HumanEval/7"]
+    repo = {"name": "r", "files": [{"path": "ok.py", "content": CLEAN},
+                                   {"path": "leak.py", "content": problem["prompt"] + problem["canonical_solution"]}]}
+    report, _ = run_mode(qwen.path, tmp_path, "repo", [repo], "--decontaminate", "humaneval", "--fim-rate", "0")
+    assert report["documents"] == 1
+    assert report["counters"]["skipped_files:decontaminated:humaneval"] == 1
+    assert report["decontamination"]["removed"][0]["path"] == "leak.py"
