@@ -23,7 +23,7 @@ test-fast:
 	$(PY) -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
 demo:
-	$(PY) examples/demo/run_demo.py
+	$(PY) examples/demo/run_demo.py $(DEMO_ARGS)
 
 lint:
 	$(PY) -m ruff check megatron_qwen tools tests benchmarks examples
