@@ -179,7 +179,7 @@ def _cache_path(cfg: Config) -> Path | None:
 
 
 def _meta(cfg: Config, rows: PairRows) -> dict:
-    return {"data": str(Path(str(cfg.data.blend[-1])).resolve()), "pairs": len(rows.pairs),
+    return {"data": str(Path(str(cfg.data.blend[-1]).removesuffix("_text_document")).resolve()), "pairs": len(rows.pairs),
             "seq_length": cfg.data.seq_length, "init_path": cfg.checkpoint.init_path, "pad_id": rows.pad_id}
 
 
@@ -201,7 +201,9 @@ def _reference_model(cfg: Config):
 
 def build_dpo_source(cfg: Config, chunks, resumed: bool) -> PairRows:
     """The pair source with its reference table: from the cache, or computed now (see the module doc)."""
-    prefix = str(cfg.data.blend[-1])
+    from megatron_qwen.training.post.sft import dataset_prefix
+
+    prefix = dataset_prefix(cfg.data.blend[-1])
     pad = cfg.post.pad_token_id if cfg.post.pad_token_id is not None else cfg.data.eod_token_id
     rows = PairRows(PreferenceDataset(prefix), cfg.data.seq_length, pad, cfg.post.dpo, cfg.post.shuffle, cfg.seed)
     path, meta = _cache_path(cfg), _meta(cfg, rows)

@@ -40,6 +40,12 @@ def parse_blend(blend: list | None) -> list[tuple[float, str]]:
     return list(zip(weights, items[1::2]))
 
 
+def dataset_prefix(path: str) -> str:
+    """A post-training dataset's prefix; a Megatron-style `{prefix}_text_document` entry is accepted too."""
+    path = str(path)
+    return path[: -len("_text_document")] if path.endswith("_text_document") else path
+
+
 def blend_schedule(weights: list[float], size: int) -> tuple[np.ndarray, np.ndarray]:
     """(dataset, sample-within-dataset) for global indices 0..size-1, weights met as closely as possible.
 
@@ -103,7 +109,7 @@ def _dataset(cfg: Config, prefix: str) -> PackedSFTDataset:
 
     cp = parallel_state.get_context_parallel_world_size() if parallel_state.is_initialized() else 1
     pad = cfg.post.pad_token_id if cfg.post.pad_token_id is not None else cfg.data.eod_token_id
-    return PackedSFTDataset(prefix, cfg.data.seq_length, pad, pack=cfg.data.packed_sequences,
+    return PackedSFTDataset(dataset_prefix(prefix), cfg.data.seq_length, pad, pack=cfg.data.packed_sequences,
                             shuffle=cfg.post.shuffle, seed=cfg.seed, overlong=cfg.post.sft.overlong,
                             multiple=2 * cp if cp > 1 else 1)
 
