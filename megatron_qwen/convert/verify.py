@@ -62,8 +62,8 @@ def hf_outputs(hf_dir, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return logits, loss.view(labels.shape)
 
 
-def _forward_step(batch: dict, with_labels: bool, data_iterator, model):
-    next(data_iterator)
+def _forward_step(with_labels: bool, data_iterator, model):
+    batch = next(data_iterator)
     output = model(batch["tokens"], batch["position_ids"], batch["attention_mask"],
                    labels=batch["labels"] if with_labels else None)
     return output, partial(_collect, with_labels)
@@ -105,32 +105,36 @@ def megatron_outputs_in_group(ckpt_dir, tokens: torch.Tensor, chunks=None):
         load_model_checkpoint(chunks, ckpt_dir)
     for chunk in chunks:
         chunk.eval()
-    b = tokens.shape[0]
-    batch = {
-        "tokens": tokens[:, :-1].contiguous(),
-        "labels": tokens[:, 1:].contiguous(),
-        "position_ids": torch.arange(seq).expand(b, seq).contiguous(),
-        "attention_mask": torch.ones(1, 1, seq, seq, dtype=torch.bool).triu(1),
-    }
+    # One sequence per micro-batch: any batch size runs through the (interleaved) pipeline schedule.
+    micro = [
+        {
+            "tokens": row[None, :-1].contiguous(),
+            "labels": row[None, 1:].contiguous(),
+            "position_ids": torch.arange(seq)[None],
+            "attention_mask": torch.ones(1, 1, seq, seq, dtype=torch.bool).triu(1),
+        }
+        for row in tokens
+    ]
     results = []
     for with_labels in (False, True):
-        iterators = [iter([batch]) for _ in chunks]
+        iterators = [iter(micro) for _ in chunks]
         with torch.no_grad():
             store = get_forward_backward_func()(
-                forward_step_func=partial(_forward_step, batch, with_labels),
+                forward_step_func=partial(_forward_step, with_labels),
                 data_iterator=iterators if len(chunks) > 1 else iterators[0],
                 model=chunks if len(chunks) > 1 else chunks[0],
-                num_microbatches=1,
+                num_microbatches=len(micro),
                 seq_length=seq,
-                micro_batch_size=b,
+                micro_batch_size=1,
                 forward_only=True,
             )
-        results.append(store[0]["output"] if store else None)
+        results.append(torch.cat([m["output"] for m in store]) if store else None)
     holder = parallel_state.is_pipeline_last_stage(ignore_virtual=True) and parallel_state.get_tensor_model_parallel_rank() == 0
     return tuple(results) if holder else None
 
 
 def _megatron_worker(ckpt_dir, tokens, tp, pp):
+    tokens = torch.as_tensor(tokens)
     from megatron_qwen.config import ParallelConfig
     from megatron_qwen.convert.ckpt_io import read_record
     from megatron_qwen.platform import init_distributed
@@ -138,7 +142,10 @@ def _megatron_worker(ckpt_dir, tokens, tp, pp):
     model, _ = read_record(ckpt_dir)
     parallel = ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     init_distributed(parallel, model, tokens.shape[1] - 1)
-    return megatron_outputs_in_group(ckpt_dir, tokens)
+    result = megatron_outputs_in_group(ckpt_dir, tokens)
+    # numpy arrays travel between processes by value; torch tensors go through shared-memory file
+    # descriptors, which are gone when a worker exits before the parent has received them.
+    return None if result is None else tuple(t.numpy() for t in result)
 
 
 def compare(ref: tuple[torch.Tensor, torch.Tensor], got: tuple[torch.Tensor, torch.Tensor], hf_vocab: int,
@@ -167,9 +174,10 @@ def verify(hf_dir, ckpt_dir, tp: int = 1, pp: int = 1, batch: int = 2, seq: int 
     tokens = token_batch(hf_vocab, batch, seq, seed)
     ref = hf_outputs(hf_dir, tokens)
     if tp * pp == 1:
-        got = run_single_process(_megatron_worker, str(ckpt_dir), tokens, tp, pp)
+        got = run_single_process(_megatron_worker, str(ckpt_dir), tokens.numpy(), tp, pp)
     else:
         from megatron_qwen.platform.spawn import run_workers
 
-        got = next(r for r in run_workers(tp * pp, _megatron_worker, str(ckpt_dir), tokens, tp, pp) if r is not None)
-    return compare(ref, got, hf_vocab, tolerance)
+        results = run_workers(tp * pp, _megatron_worker, str(ckpt_dir), tokens.numpy(), tp, pp)
+        got = next(r for r in results if r is not None)
+    return compare(ref, tuple(torch.from_numpy(a) for a in got), hf_vocab, tolerance)

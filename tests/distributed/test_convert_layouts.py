@@ -1,0 +1,182 @@
+"""import-hf at TP=1, TP=2, PP=2, TP=2xPP=2 and PP=2xVPP=2, then Megatron == transformers, export == original.
+
+Tiny random transformers Qwen2 models (untied GQA 1; tied GQA 2 in bf16; untied GQA 7; tied GQA 2 with
+YaRN rope_scaling) are imported at every layout by one 4-process gloo job that re-initializes megatron's
+parallel state per layout (the idle ranks are data-parallel replicas). Each layout's checkpoint is then
+loaded into a float32 Megatron model at that layout and run on the same tokens as transformers
+(logits and per-token loss, max abs diff <= 1e-4). Finally rank 0, as a one-process job, exports every
+checkpoint back to HF, and the exported tensors must be bit-identical to the originals, same names and
+shapes; two exports must also give transformers' greedy continuation of the original model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from megatron_qwen.platform.spawn import run_workers
+from tests.unit.convert._hf_models import MODELS, make_hf_model
+
+pytestmark = pytest.mark.slow  # one 4-process job, ~2 minutes on 2 busy cores
+
+LAYOUTS = {  # name: (tp, pp, vpp)
+    "tp1": (1, 1, None),
+    "tp2": (2, 1, None),
+    "pp2": (1, 2, None),
+    "tp2-pp2": (2, 2, None),
+    "pp2-vpp2": (1, 2, 2),
+}
+WORLD = 4
+SEQ = 32
+TOL = 1e-4
+
+
+def _set_layout(tp: int, pp: int, vpp: int | None):
+    from megatron.core import parallel_state, tensor_parallel
+
+    from megatron_qwen.config import ParallelConfig
+
+    parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp
+    )
+    tensor_parallel.model_parallel_cuda_manual_seed(1234)
+    return ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                          virtual_pipeline_model_parallel_size=vpp)
+
+
+def _local_names_match(ckpt: str, hf_dir: str) -> bool:
+    """At TP=1: the loaded local-spec model's state dict is exactly mapping.hf_to_megatron(spec='local')."""
+    from megatron_qwen.config import ParallelConfig
+    from megatron_qwen.convert import mapping
+    from megatron_qwen.convert.ckpt_io import load_model_checkpoint, read_record
+    from megatron_qwen.convert.hf_files import SafetensorsReader
+    from megatron_qwen.model.build import build_model
+
+    model, _ = read_record(ckpt)
+    reader = SafetensorsReader(hf_dir)
+    hf = {n: reader.read(n) for n in reader.names()}
+    reader.close()
+    want = mapping.hf_to_megatron(hf, model, spec="local")
+    chunks = build_model(model, ParallelConfig(), SEQ, params_dtype=next(iter(hf.values())).dtype)
+    load_model_checkpoint(chunks, ckpt)
+    got = {k: v for k, v in chunks[0].state_dict().items() if not k.endswith("_extra_state")}
+    return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def convert_all_layouts(hf_dirs: dict[str, str], root: str, tokens: dict[str, torch.Tensor]) -> dict:
+    """Worker (all ranks): import every model at every layout and run it; rank 0 then exports them all."""
+    import torch.distributed as dist
+
+    from megatron_qwen.config import ParallelConfig
+    from megatron_qwen.convert.exporter import export_in_process
+    from megatron_qwen.convert.importer import import_in_group
+    from megatron_qwen.convert.verify import megatron_outputs_in_group
+    from megatron_qwen.platform import destroy_distributed, init_distributed
+    from megatron_qwen.platform.spawn import free_port
+
+    init_distributed(ParallelConfig())
+    outputs, local_names = {}, {}
+    for layout, (tp, pp, vpp) in LAYOUTS.items():
+        parallel = _set_layout(tp, pp, vpp)
+        for name, hf_dir in hf_dirs.items():
+            ckpt = os.path.join(root, "ckpt", layout, name)
+            import_in_group(hf_dir, ckpt, parallel, show_progress=False)
+            result = megatron_outputs_in_group(ckpt, torch.from_numpy(tokens[name]))
+            if result is not None:  # numpy: tensors cannot outlive the worker on their way back
+                outputs[(layout, name)] = tuple(t.numpy() for t in result)
+    rank = dist.get_rank()
+    destroy_distributed()
+    exported = {}
+    if rank == 0:  # export is a one-process job
+        os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_PORT=str(free_port()))
+        init_distributed(ParallelConfig())
+        for name, hf_dir in hf_dirs.items():
+            local_names[name] = _local_names_match(os.path.join(root, "ckpt", "tp1", name), hf_dir)
+        for layout in LAYOUTS:
+            for name in hf_dirs:
+                out = os.path.join(root, "hf", layout, name)
+                export_in_process(os.path.join(root, "ckpt", layout, name), out, max_shard_bytes=200_000,
+                                  show_progress=False)
+                exported[(layout, name)] = out
+    return {"outputs": outputs, "local_names": local_names, "exported": exported}
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    from megatron_qwen.convert.verify import hf_outputs, token_batch
+
+    root = tmp_path_factory.mktemp("convert")
+    hf_dirs, tokens, refs = {}, {}, {}
+    for i, name in enumerate(MODELS):
+        hf_dirs[name] = str(root / "orig" / name)
+        make_hf_model(hf_dirs[name], name, seed=i)
+        tokens[name] = token_batch(MODELS[name][4], batch=2, seq=SEQ, seed=100 + i)
+        refs[name] = hf_outputs(hf_dirs[name], tokens[name])
+    merged: dict = {"outputs": {}, "local_names": {}, "exported": {}}
+    numpy_tokens = {k: t.numpy() for k, t in tokens.items()}
+    for rank_result in run_workers(WORLD, convert_all_layouts, hf_dirs, str(root), numpy_tokens, timeout=900):
+        for key in merged:
+            merged[key].update(rank_result[key])
+    merged.update(hf_dirs=hf_dirs, refs=refs, tokens=tokens)
+    return merged
+
+
+CASES = [(layout, name) for layout in LAYOUTS for name in MODELS]
+
+
+@pytest.mark.parametrize("layout,name", CASES)
+def test_logits_match_transformers(converted, layout, name):
+    from megatron_qwen.convert.verify import compare
+
+    ref = converted["refs"][name]
+    got = tuple(torch.from_numpy(a) for a in converted["outputs"][(layout, name)])
+    result = compare(ref, got, hf_vocab=MODELS[name][4], tolerance=TOL)
+    print(f"\n[{layout} {name}] logits max abs diff {result.logits_max_abs_diff:.2e} "
+          f"(max |logits| {result.logits_max_abs:.2f}), loss max abs diff {result.loss_max_abs_diff:.2e}")
+    assert result.ok, result.report()
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_local_spec_state_dict_is_the_mapping(converted, name):
+    assert converted["local_names"][name], "loaded TP=1 state dict != mapping.hf_to_megatron(spec='local')"
+
+
+@pytest.mark.parametrize("layout,name", CASES)
+def test_export_is_bit_identical(converted, layout, name):
+    from safetensors import safe_open
+
+    orig_dir, out_dir = converted["hf_dirs"][name], converted["exported"][(layout, name)]
+    with safe_open(os.path.join(orig_dir, "model.safetensors"), "pt") as f:
+        original = {k: f.get_tensor(k) for k in f.keys()}
+    index = json.load(open(os.path.join(out_dir, "model.safetensors.index.json")))
+    exported = {}
+    for file in sorted(set(index["weight_map"].values())):
+        with safe_open(os.path.join(out_dir, file), "pt") as f:
+            exported.update({k: f.get_tensor(k) for k in f.keys()})
+    assert len(set(index["weight_map"].values())) > 1, "the tiny shard size should give several files"
+    assert exported.keys() == original.keys()
+    for k, t in original.items():
+        assert exported[k].dtype == t.dtype and exported[k].shape == t.shape, k
+        assert torch.equal(exported[k].view(torch.uint8), t.view(torch.uint8)), f"{k} differs"
+
+
+@pytest.mark.parametrize("layout,name", [("tp2-pp2", "gqa2-tied-bf16"), ("pp2-vpp2", "gqa7-untied"),
+                                         ("tp2", "gqa2-tied-yarn")])
+def test_export_generates_like_the_original(converted, layout, name):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(converted["hf_dirs"][name])
+    exported = AutoModelForCausalLM.from_pretrained(converted["exported"][(layout, name)])
+    rope_keys = ("rope_type", "rope_theta", "factor", "original_max_position_embeddings")
+    got_rope = AutoConfig.from_pretrained(converted["exported"][(layout, name)]).rope_parameters
+    assert {k: got_rope.get(k) for k in rope_keys} == {k: original.config.rope_parameters.get(k) for k in rope_keys}
+    prompt = converted["tokens"][name][:, :8]
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        a, b = original.generate(prompt, **kwargs), exported.generate(prompt, **kwargs)
+    print(f"\n[{layout} {name}] greedy continuation {b[0, 8:].tolist()}")
+    assert torch.equal(a, b)
