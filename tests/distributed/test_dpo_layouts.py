@@ -73,7 +73,8 @@ def test_dpo_layout_matches_single_process(name, start, single, tmp_path):
     train(2, dpo_args(ck, init, pairs) + LAYOUTS[name], tmp_path)
     got = metrics(ck / "metrics.jsonl")
     compare(single, got, name, ("loss", "loss/dpo", "loss/sft", "rewards/margin", "rewards/accuracy"))
-    assert single[4]["loss"] < single[1]["loss"]
+    # each step trains on new pairs, so the loss need not fall; the policy must have left the reference
+    assert abs(single[4]["rewards/margin"]) > 1e-3 and single[1]["rewards/margin"] == 0
 
 
 @pytest.mark.slow
