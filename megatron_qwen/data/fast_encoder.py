@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 
 # GPT-2's ByteLevel pre-tokenizer regex, used when ByteLevel(use_regex=True) does the splitting.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# Patterns for which a newline followed by a non-whitespace character always ends a pre-token: no
+# alternative can start at "\n" and continue past it except into more whitespace, and whitespace runs that
+# contain a newline end right after their last newline. Text after such a line start then encodes the
+# same whatever precedes or follows it (see `line_start_is_boundary`).
+LINE_SAFE_PATTERNS = (GPT2_PATTERN, QWEN2_PATTERN)
 
 PROBES: tuple[str, ...] = (
     "Hello world",
@@ -78,6 +86,12 @@ def _pattern_of(spec: dict) -> str | None:
     if byte_level.get("add_prefix_space"):
         return None
     return split.get("pattern", {}).get("Regex")
+
+
+def line_start_is_boundary(hf_tokenizer) -> bool:
+    """True if encode(a + b) == encode(a) + encode(b) whenever b starts a line with a non-space character."""
+    spec = json.loads(hf_tokenizer.backend_tokenizer.to_str())
+    return spec.get("normalizer") in (None, {"type": "NFC"}) and _pattern_of(spec) in LINE_SAFE_PATTERNS
 
 
 def _ranks_of(model: dict) -> dict[bytes, int] | None:

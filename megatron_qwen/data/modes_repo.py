@@ -59,16 +59,56 @@ def usable_files(record: dict, ctx: ModeContext) -> list[tuple[str, str]]:
     return out
 
 
+def last_line_start(text: str) -> int:
+    """Start of the last line that begins with a non-whitespace character (0 if there is none)."""
+    end = len(text)
+    while True:
+        k = text.rfind("\n", 0, end)
+        if k < 0:
+            return 0
+        if k + 1 < len(text) and not text[k + 1].isspace():
+            return k + 1
+        end = k
+
+
+class _EncodedFiles:
+    """Each file's text encoded once, as it appears before another file (with the separating newline) and,
+    on demand, as the last file of a document (without it).
+
+    The two differ only at the end, so with tokenizers whose pre-tokenizer always breaks at a line start
+    (`tokenizer.line_start_is_boundary`) each text is encoded as head + last line and only the last line is
+    encoded twice; other tokenizers encode both variants in full.
+    """
+
+    def __init__(self, tok, texts: list[str]):
+        self.tok, self.texts = tok, texts
+        n = len(texts)
+        if tok.line_start_is_boundary:
+            self.cuts = [last_line_start(t) for t in texts]
+            arrays = tok.encode_raw_batch_np([t[:q] for t, q in zip(texts, self.cuts)] +
+                                             [t[q:] + "\n" for t, q in zip(texts, self.cuts)])
+            self.heads = arrays[:n]
+            self.with_newline = [np.concatenate([h, t]) for h, t in zip(self.heads, arrays[n:])]
+        else:
+            self.cuts = None
+            self.with_newline = tok.encode_raw_batch_np([t + "\n" for t in texts])
+
+    def last(self, k: int) -> np.ndarray:
+        if self.cuts is None:
+            return self.tok.encode_raw_np(self.texts[k])
+        return np.concatenate([self.heads[k], self.tok.encode_raw_np(self.texts[k][self.cuts[k]:])])
+
+
 def _ids(x) -> np.ndarray:
     return np.asarray([x], dtype=np.int32)
 
 
-def _pack_piece(header: list[np.ndarray], files: list[tuple[str, str]], group: list[int], encoded: list[np.ndarray],
+def _pack_piece(header: list[np.ndarray], files: list[tuple[str, str]], group: list[int], enc: _EncodedFiles,
                 ids: ControlIds, ctx: ModeContext, budget: int | None) -> list[np.ndarray]:
     """Token arrays of one document: header, the group's files (last one maybe FIM'd or truncated), EOD."""
     tok = ctx.tokenizer
     sep, eod = _ids(ids.file_sep), _ids(ids.eod)
-    body = [a for k in group[:-1] for a in (sep, encoded[k])]
+    body = [a for k in group[:-1] for a in (sep, enc.with_newline[k])]
     path, content = files[group[-1]]
     fixed = sum(a.size for a in header) + sum(a.size for a in body) + 1  # + EOD
     if ctx.rng.random() < ctx.options.fim_rate:
@@ -77,7 +117,7 @@ def _pack_piece(header: list[np.ndarray], files: list[tuple[str, str]], group: l
         if budget is None or fixed + sum(a.size for a in last) <= budget:
             ctx.count("fim_documents")
             return [*header, *body, *last, eod]
-    last_text = tok.encode_raw_np(repo_file_text(path, content, last=True))
+    last_text = enc.last(group[-1])
     room = None if budget is None else budget - fixed - 1
     if room is not None and last_text.size > room:
         ctx.count("truncated_files")
@@ -98,13 +138,13 @@ def repo(record: dict, ctx: ModeContext) -> list[Document]:
     files = [files[k] for k in file_order(files, ctx.options.repo_file_order, ctx.rng)]
     tok = ctx.tokenizer
     header = [_ids(ids.repo_name), tok.encode_raw_np(f"{name}\n")]
-    encoded = tok.encode_raw_batch_np([repo_file_text(p, c, last=False) for p, c in files])
+    encoded = _EncodedFiles(tok, [repo_file_text(p, c, last=True) for p, c in files])
     budget = ctx.options.max_tokens
     if budget is not None:
         room = budget - sum(a.size for a in header) - 1
         if room < 2:
             raise SkipRecord(f"--max-tokens {budget} leaves no room after the repository header")
-        groups = greedy_pack([1 + e.size for e in encoded], room)
+        groups = greedy_pack([1 + e.size for e in encoded.with_newline], room)
     else:
         groups = [list(range(len(files)))]
     if len(groups) > 1:

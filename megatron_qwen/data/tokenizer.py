@@ -87,6 +87,9 @@ class QwenTokenizer:
 
             self._encoder = try_fast_encoder(hf_tokenizer, self._hf_raw, source=str(self.path)) or self._hf_raw
         self.eod = self.token_id(EOD_TOKEN)
+        from megatron_qwen.data.fast_encoder import line_start_is_boundary
+
+        self.line_start_is_boundary = line_start_is_boundary(hf_tokenizer)
 
     # -- control tokens ------------------------------------------------------------------------------
     def token_id(self, text: str) -> int:

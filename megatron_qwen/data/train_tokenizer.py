@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-QWEN2_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+from megatron_qwen.data.fast_encoder import QWEN2_PATTERN
 
 # Qwen2.5-Coder's added tokens in id order, with whether each is marked special.
 QWEN_CODER_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (

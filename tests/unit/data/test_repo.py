@@ -174,3 +174,19 @@ def test_bad_repo_records_are_skipped_with_reason(qwen, tmp_path, record, reason
     report, _ = run_mode(qwen.path, tmp_path, "repo", [record, REPO])
     assert report["documents"] == 1
     assert report["skipped"]["by_reason"] == {reason: 1}
+
+
+def test_line_start_split_encodes_like_the_whole_text(qwen):
+    """The repo mode encodes a file as head + last line; that must equal encoding it whole."""
+    from megatron_qwen.data.modes_repo import last_line_start
+
+    from .conftest import stdlib_texts
+
+    assert qwen.line_start_is_boundary
+    tricky = ["a)\n\nb", "x  \n\t\ny = 1", "foo\n\u0301bar", "x\n'sup", "é\n1", "if x:\n    pass\n)\n", "\n\nz",
+              "only one line", "a\r\nb\r\n", "x = (1,\n     2)\n# end"]
+    for text in stdlib_texts(40) + tricky:
+        q = last_line_start(text)
+        assert q == 0 or (text[q - 1] == "\n" and not text[q].isspace())
+        for t in (text, text + "\n"):
+            assert qwen.encode_raw(t) == qwen.encode_raw(t[:q]) + qwen.encode_raw(t[q:]), repr(t[-80:])
