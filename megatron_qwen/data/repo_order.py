@@ -15,11 +15,11 @@ import random
 import re
 from collections import defaultdict
 
-_PY_IMPORT = re.compile(r"^\s*(?:from\s+(\.*[\w.]*)\s+import\s+([\w., ]+)|import\s+([\w., ]+))", re.M)
+_PY_IMPORT = re.compile(r"^[ \t]*(?:from\s+(\.*[\w.]*)\s+import\s+([\w., ]+)|import\s+([\w., ]+))", re.M)
 _JS_IMPORT = re.compile(r"""(?:import\s[^'"]*?from\s*|import\s*|require\s*\(\s*|export\s[^'"]*?from\s*)['"]([^'"]+)['"]""")
-_C_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.M)
-_JAVA_IMPORT = re.compile(r"^\s*import\s+(?:static\s+)?([\w.]+)\s*;", re.M)
-_RUST_MOD = re.compile(r"^\s*(?:pub\s+)?mod\s+(\w+)\s*;", re.M)
+_C_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include\s*"([^"]+)"', re.M)
+_JAVA_IMPORT = re.compile(r"^[ \t]*import\s+(?:static\s+)?([\w.]+)\s*;", re.M)
+_RUST_MOD = re.compile(r"^[ \t]*(?:pub\s+)?mod\s+(\w+)\s*;", re.M)
 
 _JS_EXT = (".js", ".jsx", ".ts", ".tsx", ".mjs", ".cjs")
 _C_EXT = (".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".hh", ".hxx")
