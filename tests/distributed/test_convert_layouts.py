@@ -6,7 +6,9 @@ parallel state per layout (the idle ranks are data-parallel replicas). Each layo
 loaded into a float32 Megatron model at that layout and run on the same tokens as transformers
 (logits and per-token loss, max abs diff <= 1e-4). Finally rank 0, as a one-process job, exports every
 checkpoint back to HF, and the exported tensors must be bit-identical to the originals, same names and
-shapes; two exports must also give transformers' greedy continuation of the original model.
+shapes; three exports must also give transformers' greedy continuation of the original model. Rank 0 also
+re-saves the TP=1 models with ckpt_io.save_model_checkpoint (the trainer's path) and imports one model
+with its vocabulary padded; both export bit-identically too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ LAYOUTS = {  # name: (tp, pp, vpp)
 WORLD = 4
 SEQ = 32
 TOL = 1e-4
+PADDED = "gqa7-untied"  # also imported with its vocabulary (320) padded to 384 rows
 
 
 def _set_layout(tp: int, pp: int, vpp: int | None):
@@ -48,11 +51,14 @@ def _set_layout(tp: int, pp: int, vpp: int | None):
                           virtual_pipeline_model_parallel_size=vpp)
 
 
-def _local_names_match(ckpt: str, hf_dir: str) -> bool:
-    """At TP=1: the loaded local-spec model's state dict is exactly mapping.hf_to_megatron(spec='local')."""
+def _local_names_match(ckpt: str, hf_dir: str, resave: str) -> bool:
+    """At TP=1: the loaded local-spec model's state dict is exactly mapping.hf_to_megatron(spec='local').
+
+    The loaded model is then saved again with ckpt_io.save_model_checkpoint (the trainer's path) to `resave`.
+    """
     from megatron_qwen.config import ParallelConfig
     from megatron_qwen.convert import mapping
-    from megatron_qwen.convert.ckpt_io import load_model_checkpoint, read_record
+    from megatron_qwen.convert.ckpt_io import load_model_checkpoint, read_record, save_model_checkpoint
     from megatron_qwen.convert.hf_files import SafetensorsReader
     from megatron_qwen.model.build import build_model
 
@@ -64,6 +70,7 @@ def _local_names_match(ckpt: str, hf_dir: str) -> bool:
     chunks = build_model(model, ParallelConfig(), SEQ, params_dtype=next(iter(hf.values())).dtype)
     load_model_checkpoint(chunks, ckpt)
     got = {k: v for k, v in chunks[0].state_dict().items() if not k.endswith("_extra_state")}
+    save_model_checkpoint(chunks, resave, model)
     return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
@@ -95,13 +102,22 @@ def convert_all_layouts(hf_dirs: dict[str, str], root: str, tokens: dict[str, to
         os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0", MASTER_PORT=str(free_port()))
         init_distributed(ParallelConfig())
         for name, hf_dir in hf_dirs.items():
-            local_names[name] = _local_names_match(os.path.join(root, "ckpt", "tp1", name), hf_dir)
-        for layout in LAYOUTS:
+            local_names[name] = _local_names_match(os.path.join(root, "ckpt", "tp1", name), hf_dir,
+                                                   os.path.join(root, "ckpt", "resaved", name))
+        # Embedding padded to a multiple of 128 rows on import (320 -> 384); export must drop the padding.
+        padded = os.path.join(root, "ckpt", "padded", PADDED)
+        import_in_group(hf_dirs[PADDED], padded, ParallelConfig(), pad_vocab_to=128, show_progress=False)
+        logits, _ = megatron_outputs_in_group(padded, torch.from_numpy(tokens[PADDED]))
+        outputs[("padded", PADDED)] = (logits.numpy(), None)
+        for layout in [*LAYOUTS, "resaved"]:
             for name in hf_dirs:
                 out = os.path.join(root, "hf", layout, name)
                 export_in_process(os.path.join(root, "ckpt", layout, name), out, max_shard_bytes=200_000,
                                   show_progress=False)
                 exported[(layout, name)] = out
+        out = os.path.join(root, "hf", "padded", PADDED)
+        export_in_process(padded, out, max_shard_bytes=200_000, show_progress=False)
+        exported[("padded", PADDED)] = out
     return {"outputs": outputs, "local_names": local_names, "exported": exported}
 
 
@@ -126,6 +142,7 @@ def converted(tmp_path_factory):
 
 
 CASES = [(layout, name) for layout in LAYOUTS for name in MODELS]
+EXPORT_CASES = CASES + [("resaved", name) for name in MODELS] + [("padded", PADDED)]
 
 
 @pytest.mark.parametrize("layout,name", CASES)
@@ -140,12 +157,22 @@ def test_logits_match_transformers(converted, layout, name):
     assert result.ok, result.report()
 
 
+def test_padded_vocabulary_logits_match_on_the_hf_vocabulary(converted):
+    """Megatron's 64 padding rows produce extra logits (zeros); the 320 real ones equal transformers'."""
+    logits = torch.from_numpy(converted["outputs"][("padded", PADDED)][0])
+    ref_logits = converted["refs"][PADDED][0]
+    assert logits.shape[-1] == 384 and not logits[..., 320:].any()
+    diff = float((logits[..., :320] - ref_logits).abs().max())
+    print(f"\n[padded {PADDED}] logits max abs diff {diff:.2e} over the HF vocabulary")
+    assert diff <= TOL
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_local_spec_state_dict_is_the_mapping(converted, name):
     assert converted["local_names"][name], "loaded TP=1 state dict != mapping.hf_to_megatron(spec='local')"
 
 
-@pytest.mark.parametrize("layout,name", CASES)
+@pytest.mark.parametrize("layout,name", EXPORT_CASES)
 def test_export_is_bit_identical(converted, layout, name):
     from safetensors import safe_open
 
