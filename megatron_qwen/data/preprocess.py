@@ -181,6 +181,7 @@ def input_paths(options: argparse.Namespace) -> list[Path]:
 def run(options: argparse.Namespace) -> dict:
     """Process the whole input; returns the report (also written to `{prefix}_report.json`)."""
     spec = get_mode(options.mode)
+    started = time.perf_counter()
     tokenizer = load_tokenizer(options.tokenizer, fast=not options.no_fast_encoder, require=spec.required_tokens)
     keys = spec.outputs(options) if spec.outputs else ["text"]
     level = "sentence" if getattr(options, "split_sentences", False) else "document"
@@ -196,6 +197,7 @@ def run(options: argparse.Namespace) -> dict:
     outputs = _Outputs(options.output_prefix, keys, level, token_dtype(tokenizer.vocab_size), spec.loss_mask)
     totals = _Totals()
     start = time.perf_counter()
+    startup = start - started
     try:
         results = run_chunks(_input_chunks(options, spec), state, options.workers)
         bar = tqdm(desc=f"preprocess {options.mode}", unit="doc", unit_scale=True, disable=options.no_progress,
@@ -213,6 +215,7 @@ def run(options: argparse.Namespace) -> dict:
         raise
     elapsed = time.perf_counter() - start
     report = build_report(options, tokenizer, outputs.paths, totals, elapsed, decontam)
+    report["startup_s"] = round(startup, 3)  # tokenizer load (+ fast-path check), mode preparation
     report_path = options.report or f"{options.output_prefix}_report.json"
     write_atomic_text(report_path, json.dumps(report, indent=2) + "\n")
     report["report_path"] = str(report_path)
@@ -239,7 +242,7 @@ def build_report(options, tokenizer, paths: dict, t: _Totals, elapsed: float, de
         "skipped": {"total": sum(t.skipped.values()), "by_reason": dict(sorted(t.skipped.items()))},
         "skipped_examples": t.examples,
         "counters": dict(sorted(t.counters.items())),
-        "elapsed_s": round(elapsed, 3),
+        "elapsed_s": round(elapsed, 3),  # reading, encoding, writing, renaming: rates below use this
         "documents_per_s": round(t.documents / elapsed, 1) if elapsed else None,
         "tokens_per_s": round(t.tokens / elapsed, 1) if elapsed else None,
     }
