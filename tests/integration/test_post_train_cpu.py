@@ -4,6 +4,7 @@ DPO resumed with and without its reference cache, and DPO reward accuracy rising
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -37,9 +38,12 @@ def test_sft_coarse_fine_then_dpo_with_resume(tmp_path: Path):
 
     train(1, common(fine, "stage=sft_fine", f"checkpoint.init_path={coarse}", f"data.blend=[{fine_data}]",
                     "data.seq_length=64", "train.train_iters=3", "train.global_batch_size=4", "optim.lr=1e-3",
-                    "optim.min_lr=1e-4"), tmp_path)
+                    "optim.min_lr=1e-4", f"post.sft.valid_prefix={coarse_data}", "train.eval_interval=3",
+                    "train.eval_iters=1"), tmp_path)
     m = metrics(fine / "metrics.jsonl")
     assert all(math.isfinite(r["loss"]) for r in m.values()) and len(m) == 3
+    records = [json.loads(line) for line in (fine / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("val_loss", 0) > 0 for r in records), records  # held-out conversations evaluated
 
     dpo_args = common(dpo, "stage=dpo", f"checkpoint.init_path={fine}", f"data.blend=[{pairs}]", "data.seq_length=24",
                       "train.global_batch_size=8", "train.micro_batch_size=4", "optim.lr=1e-3", "optim.min_lr=1e-3",
