@@ -78,10 +78,25 @@ def save_model_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path, m
     dist.barrier()
 
 
-def load_model_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path, strict: bool = True) -> None:
-    """Collective: load the checkpoint into this rank's chunks (any layout; dtype cast to the model's)."""
-    from megatron.core import dist_checkpointing
+def load_model_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path) -> None:
+    """Collective: load the checkpoint into this rank's chunks (any layout; dtype cast to the model's).
 
-    state = dist_checkpointing.load(model_state(chunks), str(ckpt_dir))
+    Every tensor the model has must be in the checkpoint. Module `_extra_state` entries the checkpoint
+    lacks are tolerated: a checkpoint written with the local spec (CPU, import-hf) has none for
+    Transformer Engine's core attention, whose extra state only carries FP8 scaling history.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.validation import StrictHandling
+
+    state, _, not_in_ckpt = dist_checkpointing.load(
+        model_state(chunks), str(ckpt_dir), strict=StrictHandling.RETURN_UNEXPECTED
+    )
+    absent = sorted(k for k in not_in_ckpt if not k.endswith("_extra_state"))
+    if absent:
+        raise KeyError(f"{ckpt_dir}: the checkpoint lacks {len(absent)} tensors this model needs, e.g. {absent[:3]} "
+                       "(is it a checkpoint of another architecture, e.g. tied vs untied embeddings?)")
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(state["model" if len(chunks) == 1 else f"model{i}"], strict=strict)
+        result = chunk.load_state_dict(state["model" if len(chunks) == 1 else f"model{i}"], strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
+        if missing or result.unexpected_keys:
+            raise KeyError(f"{ckpt_dir}: state dict mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")

@@ -74,6 +74,40 @@ def _local_names_match(ckpt: str, hf_dir: str, resave: str) -> bool:
     return got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
+def _load_tolerates_only_extra_state(root: str) -> dict:
+    """A model with an `_extra_state` the checkpoint lacks (as TE's core attention on GPU) loads; one with a
+    tensor the checkpoint lacks (untied head from a tied checkpoint) is refused, naming the tensor."""
+    import dataclasses
+
+    from megatron_qwen.config import ParallelConfig
+    from megatron_qwen.convert.ckpt_io import load_model_checkpoint, read_record
+    from megatron_qwen.model.build import build_model
+
+    ckpt = os.path.join(root, "ckpt", "tp1", "gqa2-tied-yarn")
+    model, _ = read_record(ckpt)
+    chunks = build_model(model, ParallelConfig(), SEQ)
+    local_attention = type(chunks[0].decoder.layers[0].self_attention.core_attention)
+
+    class WithExtraState(local_attention):
+        def get_extra_state(self):
+            return None
+
+        def set_extra_state(self, state):
+            pass
+
+    for layer in chunks[0].decoder.layers:
+        layer.self_attention.core_attention.__class__ = WithExtraState
+    assert any(k.endswith("core_attention._extra_state") for k in chunks[0].state_dict())
+    load_model_checkpoint(chunks, ckpt)
+    untied = build_model(dataclasses.replace(model, tie_word_embeddings=False), ParallelConfig(), SEQ)
+    try:
+        load_model_checkpoint(untied, ckpt)
+        refused = ""
+    except KeyError as e:
+        refused = str(e)
+    return {"extra_state_ok": True, "untied_refused": refused}
+
+
 def convert_all_layouts(hf_dirs: dict[str, str], root: str, tokens: dict[str, torch.Tensor]) -> dict:
     """Worker (all ranks): import every model at every layout and run it; rank 0 then exports them all."""
     import torch.distributed as dist
@@ -86,7 +120,7 @@ def convert_all_layouts(hf_dirs: dict[str, str], root: str, tokens: dict[str, to
     from megatron_qwen.platform.spawn import free_port
 
     init_distributed(ParallelConfig())
-    outputs, local_names = {}, {}
+    outputs, local_names, load_checks = {}, {}, {}
     for layout, (tp, pp, vpp) in LAYOUTS.items():
         parallel = _set_layout(tp, pp, vpp)
         for name, hf_dir in hf_dirs.items():
@@ -104,6 +138,7 @@ def convert_all_layouts(hf_dirs: dict[str, str], root: str, tokens: dict[str, to
         for name, hf_dir in hf_dirs.items():
             local_names[name] = _local_names_match(os.path.join(root, "ckpt", "tp1", name), hf_dir,
                                                    os.path.join(root, "ckpt", "resaved", name))
+        load_checks = _load_tolerates_only_extra_state(root)
         # Embedding padded to a multiple of 128 rows on import (320 -> 384); export must drop the padding.
         padded = os.path.join(root, "ckpt", "padded", PADDED)
         import_in_group(hf_dirs[PADDED], padded, ParallelConfig(), pad_vocab_to=128, show_progress=False)
@@ -118,7 +153,8 @@ def convert_all_layouts(hf_dirs: dict[str, str], root: str, tokens: dict[str, to
         out = os.path.join(root, "hf", "padded", PADDED)
         export_in_process(padded, out, max_shard_bytes=200_000, show_progress=False)
         exported[("padded", PADDED)] = out
-    return {"outputs": outputs, "local_names": local_names, "exported": exported}
+    return {"outputs": outputs, "local_names": local_names, "exported": exported,
+            "load_checks": load_checks if rank == 0 else {}}
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +168,7 @@ def converted(tmp_path_factory):
         make_hf_model(hf_dirs[name], name, seed=i)
         tokens[name] = token_batch(MODELS[name][4], batch=2, seq=SEQ, seed=100 + i)
         refs[name] = hf_outputs(hf_dirs[name], tokens[name])
-    merged: dict = {"outputs": {}, "local_names": {}, "exported": {}}
+    merged: dict = {"outputs": {}, "local_names": {}, "exported": {}, "load_checks": {}}
     numpy_tokens = {k: t.numpy() for k, t in tokens.items()}
     for rank_result in run_workers(WORLD, convert_all_layouts, hf_dirs, str(root), numpy_tokens, timeout=900):
         for key in merged:
@@ -165,6 +201,12 @@ def test_padded_vocabulary_logits_match_on_the_hf_vocabulary(converted):
     diff = float((logits[..., :320] - ref_logits).abs().max())
     print(f"\n[padded {PADDED}] logits max abs diff {diff:.2e} over the HF vocabulary")
     assert diff <= TOL
+
+
+def test_load_tolerates_missing_extra_state_but_not_missing_tensors(converted):
+    checks = converted["load_checks"]
+    assert checks["extra_state_ok"]
+    assert "output_layer.weight" in checks["untied_refused"], checks["untied_refused"]
 
 
 @pytest.mark.parametrize("name", list(MODELS))
