@@ -6,7 +6,9 @@
 3. indexed datasets with `tools/preprocess_data.py` (file-level FIM, repo packing with repo-level FIM,
    text and math);
 4. stage 1 (file-level, 70:20:10 blend) and stage 2 (repo-level, longer context, RoPE base 1e6, from
-   stage 1's weights) with TP=2 over gloo, each through the launcher (`cluster=local`, two processes);
+   stage 1's weights), then stage 3: coarse SFT (with a 10% share of tree-sitter AST-FIM samples), fine
+   SFT, and DPO against the frozen SFT model — all with TP=2 over gloo, each through the launcher
+   (`cluster=local`, two processes), each stage starting from the previous one's final checkpoint;
 5. a summary: the loss of each stage at its first and last logged step, and where everything is.
 
 Every step is an ordinary command of the project, printed before it runs; re-running skips finished work.
@@ -60,6 +62,9 @@ def preprocess(out: Path, tok: Path) -> Path:
         ("text", ["--mode", "text", "--input", corpus / "text.jsonl", "--append-eod"]),
         ("math", ["--mode", "math", "--input", corpus / "math.jsonl", "--append-eod"]),
         ("repo", ["--mode", "repo", "--input", corpus / "repos.jsonl", "--fim-rate", "0.5", "--max-tokens", "4096"]),
+        ("chat", ["--mode", "sft", "--input", corpus / "chat.jsonl", "--sft-seq-length", "256"]),
+        ("sft_fim", ["--mode", "sft-fim", "--input", corpus / "code.jsonl", "--sft-seq-length", "256"]),
+        ("prefs", ["--mode", "dpo", "--input", corpus / "prefs.jsonl", "--sft-seq-length", "128"]),
     ]
     for prefix, args in jobs:
         if not (data / f"{prefix}_text_document.idx").exists():
@@ -83,10 +88,10 @@ def train_stage(out: Path, experiment: str, stage: str, extra: list[str], env: d
     return run_dir / "train"
 
 
-def losses(stage_dir: Path) -> list[tuple[int, float]]:
+def logged(stage_dir: Path, key: str = "loss") -> list[tuple[int, float]]:
     path = stage_dir / "checkpoints" / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    return [(r["step"], r[key]) for r in rows if key in r]
 
 
 def main() -> None:
@@ -106,16 +111,27 @@ def main() -> None:
     vocab, eod = tokenizer_ids(tok)
     env = {"DATA_ROOT": str(data)}
     common = [f"model.vocab_size={vocab}", f"data.eod_token_id={eod}", f"data.cache_dir={out / 'cache'}"]
-    stage1 = train_stage(out, "demo_file_pretrain", "file_pretrain", common, env)
-    stage1_ckpt = stage1 / "checkpoints"
-    stage2 = train_stage(out, "demo_repo_pretrain", "repo_pretrain",
-                         common + [f"checkpoint.init_path={stage1_ckpt}"], env)
+    stages = [
+        ("stage 1 file-level pretraining (8K in the recipe, 128 here)", "demo_file_pretrain", "file_pretrain", []),
+        ("stage 2 repo-level pretraining (32K, 256 here)", "demo_repo_pretrain", "repo_pretrain", []),
+        ("stage 3a coarse SFT (+10% AST-FIM)", "demo_post_sft_coarse", "sft_coarse",
+         [f"post.sft.fim_prefix={data / 'sft_fim'}", "post.sft.fim_share=0.1"]),
+        ("stage 3b fine SFT", "demo_post_sft_fine", "sft_fine", []),
+        ("stage 3c DPO", "demo_post_dpo", "dpo", []),
+    ]
+    done, previous = [], None
+    for title, experiment, name, extra in stages:
+        init = [f"checkpoint.init_path={previous / 'checkpoints'}"] if previous else []
+        previous = train_stage(out, experiment, name, common + init + extra, env)
+        done.append((title, previous))
     print(f"\n=== demo finished in {time.time() - start:.0f} s ===")
-    for name, stage_dir in (("stage 1 file-level (8K recipe, 128 here)", stage1),
-                            ("stage 2 repo-level (32K recipe, 256 here)", stage2)):
-        rows = losses(stage_dir)
-        (s0, l0), (s1, l1) = rows[0], rows[-1]
-        print(f"{name}: loss {l0:.3f} at step {s0} -> {l1:.3f} at step {s1}")
+    for title, stage_dir in done:
+        (s0, l0), (s1, l1) = logged(stage_dir)[0], logged(stage_dir)[-1]
+        print(f"{title}: loss {l0:.3f} at step {s0} -> {l1:.3f} at step {s1}")
+    accuracy = logged(done[-1][1], "rewards/accuracy")
+    if accuracy:
+        print(f"DPO reward accuracy: {accuracy[0][1]:.2f} at step {accuracy[0][0]} -> "
+              f"{accuracy[-1][1]:.2f} at step {accuracy[-1][0]}")
     print(f"tokenizer: {tok}\ndatasets: {data}\ncheckpoints and logs: {out / 'runs'}")
 
 

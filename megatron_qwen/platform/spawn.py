@@ -8,6 +8,7 @@ queue, and a failure on any rank is re-raised here with that rank's traceback.
 from __future__ import annotations
 
 import os
+import pickle
 import queue as queue_mod
 import socket
 import time
@@ -34,7 +35,9 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
     )
     try:
-        result = fn(*args)
+        # Pickled here, by value: tensors sent as-is would travel as shared-memory handles that break
+        # when this process exits before the parent has read them.
+        result = pickle.dumps(fn(*args))
         queue.put((rank, True, result))
     except BaseException:  # noqa: BLE001 - reported to the parent with the traceback
         queue.put((rank, False, traceback.format_exc()))
@@ -70,7 +73,7 @@ def run_workers(world_size: int, fn: Callable, *args: Any, timeout: float = 600.
                 errors.append(f"timed out after {timeout:.0f} s waiting for ranks")
             continue
         if ok:
-            results[rank] = payload
+            results[rank] = pickle.loads(payload)
         else:
             errors.append(f"rank {rank} failed:\n{payload}")
     for p in procs:

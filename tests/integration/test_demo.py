@@ -1,4 +1,5 @@
-"""`make demo` end to end: corpus, tokenizer, preprocessing, then the recipe's stages on CPU with TP=2."""
+"""`make demo` end to end: corpus, tokenizer, preprocessing, then all three stages of the recipe (pretraining
+at two context lengths, coarse and fine SFT, DPO) on CPU with TP=2."""
 
 import json
 import subprocess
@@ -17,11 +18,14 @@ def test_demo_runs_the_recipe_and_the_loss_falls(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "=== demo finished" in proc.stdout
-    for stage in ("file_pretrain", "repo_pretrain"):
+    for stage in ("file_pretrain", "repo_pretrain", "sft_coarse", "sft_fine", "dpo"):
         stage_dir = out / "runs" / stage / "train"
         assert (stage_dir / "FINISHED").exists(), f"{stage} did not finish"
         rows = [json.loads(x) for x in (stage_dir / "checkpoints" / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in rows if "loss" in r]
         assert losses[-1] < losses[0] - 0.2, f"{stage}: loss did not clearly fall: {losses}"
+    dpo = [json.loads(x) for x in (out / "runs/dpo/train/checkpoints/metrics.jsonl").read_text().splitlines()]
+    accuracy = [r["rewards/accuracy"] for r in dpo if "rewards/accuracy" in r]
+    assert accuracy[-1] >= 0.8, f"DPO reward accuracy stayed low: {accuracy}"
     report = json.loads((out / "data" / "code_report.json").read_text())
     assert 0.4 < report["fim_share"] < 0.6  # --fim-rate 0.5 on ~300 files
