@@ -135,6 +135,9 @@ class TiktokenEncoder:
                                       special_tokens={self.SENTINEL: max(ranks.values()) + 1})
         self._nfc = nfc
         self.threads = threads
+        self.token_nbytes = np.zeros(max(ranks.values()) + 1, dtype=np.int64)  # bytes each id stands for
+        for token, rank in ranks.items():
+            self.token_nbytes[rank] = len(token)
 
     def _prepare(self, text: str) -> str:
         if self._nfc and not unicodedata.is_normalized("NFC", text):

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from megatron_qwen.data.formats import ControlIds, greedy_pack, repo_file_text, repo_fim_file_pieces
+from megatron_qwen.data.formats import ControlIds, fim_split_points, greedy_pack, repo_file_text
 from megatron_qwen.data.modes import Document, ModeContext, Piece, SkipRecord, register_mode
 from megatron_qwen.data.repo_order import file_order
 from megatron_qwen.data.tokenizer import EOD_TOKEN, FIM_TOKENS, REPO_TOKENS
@@ -98,6 +99,58 @@ class _EncodedFiles:
             return self.tok.encode_raw_np(self.texts[k])
         return np.concatenate([self.heads[k], self.tok.encode_raw_np(self.texts[k][self.cuts[k]:])])
 
+    def fim_parts(self, k: int, start: int, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ids of text[start:i], text[i:j], text[j:] of file k, each as if encoded on its own.
+
+        Where possible the prefix and suffix reuse the file's encoding up to / from a line start (a
+        pre-token boundary), found through the byte length of each id; the rest is encoded fresh.
+        """
+        text, enc = self.texts[k], self.tok.encode_raw_np
+        nbytes = self.tok.token_nbytes
+        if self.cuts is None or nbytes is None or not unicodedata.is_normalized("NFC", text):
+            return enc(text[start:i]), enc(text[i:j]), enc(text[j:])
+        full = self.last(k)
+        ends = np.cumsum(nbytes[full])  # byte offset after each token
+
+        def token_index(q: int) -> int | None:  # number of tokens covering text[:q], if q is a boundary
+            b = len(text[:q].encode("utf-8"))
+            n = int(np.searchsorted(ends, b, side="right"))
+            return n if (ends[n - 1] if n else 0) == b else None
+
+        s0 = start if start < len(text) and _line_start(text, start) else None
+        q1 = _last_line_start_in(text, start + 1, i)
+        a, b = (token_index(s0) if s0 is not None else None), (token_index(q1) if q1 is not None else None)
+        prefix = np.concatenate([full[a:b], enc(text[q1:i])]) if a is not None and b is not None else enc(text[start:i])
+        q2 = _first_line_start_in(text, j, len(text))
+        c = token_index(q2) if q2 is not None else None
+        suffix = np.concatenate([enc(text[j:q2]), full[c:]]) if c is not None else enc(text[j:])
+        return prefix, enc(text[i:j]), suffix
+
+
+def _line_start(text: str, q: int) -> bool:
+    """A pre-token boundary under `line_start_is_boundary`: after a newline, before a non-space character."""
+    return 0 < q < len(text) and text[q - 1] == "\n" and not text[q].isspace()
+
+
+def _last_line_start_in(text: str, lo: int, hi: int) -> int | None:
+    """The largest line start q with lo <= q <= hi, or None."""
+    k = text.rfind("\n", 0, hi)  # a newline at k < hi gives q = k + 1 <= hi
+    while k >= 0 and k + 1 >= lo:
+        if _line_start(text, k + 1):
+            return k + 1
+        k = text.rfind("\n", 0, k)
+    return None
+
+
+def _first_line_start_in(text: str, lo: int, hi: int) -> int | None:
+    """The smallest line start q with lo <= q <= hi, or None."""
+    k = text.find("\n", max(lo - 1, 0), hi)
+    while k >= 0:
+        if _line_start(text, k + 1):
+            return k + 1
+        k = text.find("\n", k + 1, hi)
+    return None
+
 
 def _ids(x) -> np.ndarray:
     return np.asarray([x], dtype=np.int32)
@@ -112,8 +165,11 @@ def _pack_piece(header: list[np.ndarray], files: list[tuple[str, str]], group: l
     path, content = files[group[-1]]
     fixed = sum(a.size for a in header) + sum(a.size for a in body) + 1  # + EOD
     if ctx.rng.random() < ctx.options.fim_rate:
-        pieces = repo_fim_file_pieces(path, content, ids, ctx.rng, ctx.options.fim_line_level)
-        last = [_ids(p.content) if isinstance(p.content, int) else tok.encode_raw_np(p.content) for p in pieces]
+        i, j = fim_split_points(content, ctx.rng, ctx.options.fim_line_level)
+        start = len(path) + 1  # the file's text is "{path}\n{content}"
+        prefix, middle, suffix = enc.fim_parts(group[-1], start, start + i, start + j)
+        last = [sep, tok.encode_raw_np(f"{path}\n"), _ids(ids.fim_prefix), prefix, _ids(ids.fim_suffix), suffix,
+                _ids(ids.fim_middle), middle]
         if budget is None or fixed + sum(a.size for a in last) <= budget:
             ctx.count("fim_documents")
             return [*header, *body, *last, eod]

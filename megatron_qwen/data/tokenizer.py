@@ -115,6 +115,11 @@ class QwenTokenizer:
         return frozenset(self._added.values())
 
     @property
+    def token_nbytes(self) -> np.ndarray | None:
+        """UTF-8 bytes of text each ordinary id stands for (fast path only; None on the HF path)."""
+        return getattr(self._encoder, "token_nbytes", None)
+
+    @property
     def encoder_name(self) -> str:
         """`tiktoken` when the verified fast path is active, `hf` otherwise."""
         return self._encoder.name

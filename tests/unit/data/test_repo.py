@@ -190,3 +190,20 @@ def test_line_start_split_encodes_like_the_whole_text(qwen):
         assert q == 0 or (text[q - 1] == "\n" and not text[q].isspace())
         for t in (text, text + "\n"):
             assert qwen.encode_raw(t) == qwen.encode_raw(t[:q]) + qwen.encode_raw(t[q:]), repr(t[-80:])
+
+
+def test_repo_fim_parts_reuse_the_file_encoding_exactly(qwen):
+    """Prefix/suffix of repo-level FIM reuse the file's tokens up to/from a line start: same ids as fresh encoding."""
+    from megatron_qwen.data.modes_repo import _EncodedFiles
+
+    from .conftest import stdlib_texts
+
+    texts = [f"pkg/m{k}.py\n{t}" for k, t in enumerate(stdlib_texts(15))] + ["a.py\n  indented\nx = 1\n  y\nz"]
+    enc = _EncodedFiles(qwen, texts)
+    rng = random.Random(3)
+    for k, text in enumerate(texts):
+        start = text.index("\n") + 1
+        for _ in range(8):
+            i, j = sorted(rng.randint(start, len(text)) for _ in range(2))
+            got = [a.tolist() for a in enc.fim_parts(k, start, i, j)]
+            assert got == [qwen.encode_raw(text[start:i]), qwen.encode_raw(text[i:j]), qwen.encode_raw(text[j:])]
