@@ -89,7 +89,7 @@ def sample_records(paths: list[Path], limit_bytes: int = 50_000_000) -> Callable
 
 
 def run_chunks(chunks: Iterable[Chunk], state: WorkerState, workers: int) -> Iterator[ChunkResult]:
-    """Results in input order; with workers > 1 a forked pool keeps at most 2 chunks per worker in flight."""
+    """Results in input order; with workers > 1 a forked pool keeps at most 4 chunks per worker in flight."""
     set_worker_state(state)
     if workers <= 1:
         for chunk in chunks:
@@ -99,7 +99,7 @@ def run_chunks(chunks: Iterable[Chunk], state: WorkerState, workers: int) -> Ite
         pending: deque = deque()
         for chunk in chunks:
             pending.append(pool.apply_async(process_chunk, (chunk,)))
-            if len(pending) >= 2 * workers:
+            if len(pending) >= 4 * workers:  # bounded read-ahead; room for uneven chunk sizes
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()
