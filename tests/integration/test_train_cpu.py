@@ -44,7 +44,7 @@ def one_process(tmp_path_factory) -> tuple[Path, dict[int, dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+@pytest.mark.parametrize("layout", ["tp2", "pp2", "cp2"])
 def test_two_process_layouts_match_one_process(tmp_path: Path, layout: str, one_process):
     init, one = one_process
     train(2, tiny(tmp_path / layout, *STEPS, f"parallel={layout}", "checkpoint.init_from=checkpoint",
