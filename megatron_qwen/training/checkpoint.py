@@ -143,16 +143,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def _ensure_optimizer_state(optimizer) -> None:
     """megatron's distributed optimizer can describe its state for loading only once it has some: take
     one step on zero gradients with lr=0 (Adam and weight decay then move nothing); loading replaces it."""
-    from megatron.core.optimizer import distrib_optimizer
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if isinstance(opt, DistributedOptimizer) and not distrib_optimizer.HAVE_APEX_OR_TE:
-            # megatron-core 0.19.2 drops torch Adam's per-param "step" from the loaded state and then
-            # looks it up (_set_main_param_and_optimizer_states): KeyError. TE/apex keep it elsewhere.
-            raise NotImplementedError(
-                "resuming with parallel.use_distributed_optimizer=true needs Transformer Engine or apex "
-                "(GPU); on CPU train with use_distributed_optimizer=false")
         if isinstance(opt, DistributedOptimizer) and not opt.optimizer.state:
             groups = opt.optimizer.param_groups
             lrs = [g["lr"] for g in groups]
@@ -163,6 +156,47 @@ def _ensure_optimizer_state(optimizer) -> None:
                 g["lr"] = lr
 
 
+def _uses_torch_adam(opt) -> bool:
+    from megatron.core.optimizer import distrib_optimizer
+
+    return isinstance(opt, distrib_optimizer.DistributedOptimizer) and not distrib_optimizer.HAVE_APEX_OR_TE
+
+
+def load_optimizer(optimizer, state: dict) -> None:
+    """`optimizer.load_state_dict(state)`, working around megatron-core 0.19.2 with torch's Adam.
+
+    Without Transformer Engine or apex (always on CPU; on GPU only if neither is installed) megatron's
+    DistributedOptimizer wraps `torch.optim.Adam`, which keeps a tensor "step" in every parameter's
+    state (FusedAdam keeps it in the param group). Two megatron bugs follow on load:
+    1. `load_state_dict` puts the saved step into each param state, then loads the parameter state
+       (`load_parameter_state_from_fully_reshardable` skips "step" in the checkpoint), and
+       `_set_main_param_and_optimizer_states` copies every tensor of the live param state from the
+       loaded one, "step" included: KeyError 'step' (distrib_optimizer.py:1218-1225).
+    2. It puts the *same* step tensor into every param state (distrib_optimizer.py:1028-1032); Adam
+       increments it in place once per parameter, so the bias correction after a resume is wrong.
+    So for those optimizers we let megatron load everything but the parameter state (param groups and
+    step), hide "step" while the parameter state loads, and give each param its own copy back.
+    """
+    opts = getattr(optimizer, "chained_optimizers", [optimizer])
+    states = [state] if len(opts) == 1 else [v for _, v in sorted(state.items())]
+    deferred = []
+    for opt, sd in zip(opts, states):
+        if _uses_torch_adam(opt) and "param_state" in sd:
+            kind = sd.pop("param_state_sharding_type")
+            if kind != "fully_reshardable":
+                raise NotImplementedError(f"distributed-optimizer state of type {kind} with torch Adam")
+            deferred.append((opt, sd.pop("param_state")))
+    optimizer.load_state_dict(state)  # param groups, grad scaler, and (torch Adam) the step
+    for opt, param_state in deferred:
+        inner = opt.optimizer.state
+        steps = {p: s.pop("step") for p, s in inner.items() if "step" in s}
+        try:
+            opt.load_parameter_state_from_fully_reshardable(param_state)
+        finally:
+            for p, step in steps.items():
+                inner[p]["step"] = step.detach().clone()
+
+
 def load(ckpt: Path, chunks, optimizer, scheduler) -> dict:
     """Collective. Restore model, optimizer, scheduler and (same layout) RNG; returns train_state."""
     _ensure_optimizer_state(optimizer)
@@ -170,7 +204,7 @@ def load(ckpt: Path, chunks, optimizer, scheduler) -> dict:
     loaded = dist_checkpointing.load(state, str(ckpt))
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
-    optimizer.load_state_dict(loaded["optimizer"])
+    load_optimizer(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     train_state = loaded["train_state"]
     rng = ckpt / "rng" / f"rank{dist.get_rank()}.pt"
