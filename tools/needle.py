@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     parallel = ParallelConfig()
     init_distributed(parallel, model_cfg, max(lengths))
     (model,) = build_model(model_cfg, parallel, max(lengths))
-    load_model_checkpoint([model], ckpt, strict=False)
+    load_model_checkpoint([model], ckpt)
     if a.byte_tokenizer:
         tok = ByteTokenizer()
         encode, decode, stops = tok.encode, tok.decode, frozenset()
