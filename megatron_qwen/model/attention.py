@@ -22,7 +22,6 @@ import math
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule

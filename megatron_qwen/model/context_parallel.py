@@ -16,7 +16,6 @@ RoPE needs no positions from the batch: megatron derives them from the layout (b
 from __future__ import annotations
 
 import torch
-
 from megatron.core.packed_seq_params import PackedSeqParams
 
 # Micro-batch entries laid out [batch, sequence] that are sliced along the sequence.

@@ -4,7 +4,7 @@ label of a user (prompt) position leaves the loss unchanged; changing an answer 
 from __future__ import annotations
 
 from megatron_qwen.platform.spawn import run_workers
-from tests.unit.post_train._toy import LOW, HIGH, write_sft
+from tests.unit.post_train._toy import HIGH, LOW, write_sft
 
 SEQ = 64
 
