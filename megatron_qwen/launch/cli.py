@@ -43,11 +43,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "cluster.partition=h100 --stages file_pretrain,repo_pretrain,long_context --dry-run",
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=NAME cluster=slurm key=value")
-    p.add_argument("--stages", help="comma-separated stage configs to chain, each from the previous one's checkpoint")
+    p.add_argument("--stages", help="comma-separated stages to chain, each from the previous one's checkpoint: "
+                   "stage config names (file_pretrain,repo_pretrain) or overrides (experiment=stage1,experiment=stage2)")
     p.add_argument("--run-dir", type=Path, help="configs, scripts, logs and checkpoints (default: runs/<name>-<time>)")
     p.add_argument("--dry-run", action="store_true", help="print the job scripts; write and submit nothing")
     p.add_argument("--after", help="a Slurm job id the first stage waits for (afterok)")
-    p.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR, help="Hydra config directory")
+    p.add_argument("--config-dir", type=Path, default=DEFAULT_CONFIG_DIR,
+                   help="Hydra config directory: a full tree with config.yaml, or extra groups searched on top of hydra/")
     p.add_argument("--config-name", default=DEFAULT_CONFIG_NAME, help="primary Hydra config")
     args = p.parse_args(argv)
     bad = [o for o in args.overrides if "=" not in o]

@@ -10,8 +10,8 @@ The few trainer settings the launcher fills in are named once, in `TrainerKeys`.
 
 from __future__ import annotations
 
+import hashlib
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,19 +74,29 @@ class Stage:
 
 def compose(overrides: Sequence[str], config_dir: Path = DEFAULT_CONFIG_DIR,
             config_name: str = DEFAULT_CONFIG_NAME) -> DictConfig:
-    """Compose and resolve the config as the trainer would see it (without the `hydra` node)."""
+    """Compose and resolve the config as the trainer would see it (without the `hydra` node).
+
+    Like Hydra's own `--config-dir`: a directory holding `<config_name>.yaml` is the primary config tree;
+    any other directory (e.g. examples/qwen25_coder_7b with its `experiment/` files) is searched on top of
+    the project's hydra/ tree.
+    """
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    config_dir = config_dir.resolve()
+    if not config_dir.is_dir():
+        raise ConfigError(f"--config-dir {config_dir} is not a directory")
+    primary, overrides = config_dir, list(overrides)
     if not (config_dir / f"{config_name}.yaml").is_file():
-        raise ConfigError(f"no {config_name}.yaml in the Hydra config directory {config_dir}; pass --config-dir")
+        primary = DEFAULT_CONFIG_DIR
+        overrides.insert(0, f"hydra.searchpath=[file://{config_dir}]")
     register_configs()
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3", job_name="launch"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with initialize_config_dir(config_dir=str(primary), version_base="1.3", job_name="launch"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
         HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} interpolations resolve
         with open_dict(cfg):
             del cfg["hydra"]
@@ -118,17 +128,23 @@ def plan_stages(
     names = list(stages) if stages else [None]
     planned: list[Stage] = []
     for name in names:
-        stage_name = name or "train"
+        stage_name, stage_overrides = "train", list(overrides)
+        if name is not None:  # a stage config name, or an override such as experiment=stage2_repo_pretrain
+            override = name if "=" in name else f"{KEYS.stage_group}={name}"
+            stage_name = _slug(override.split("=", 1)[1])
+            stage_overrides.append(override)
+        if any(s.name == stage_name for s in planned):
+            raise ConfigError(f"--stages names {stage_name!r} twice; each stage needs its own directory")
         stage_dir = run_dir / stage_name
-        stage_overrides = list(overrides)
-        if name is not None:
-            stage_overrides.append(f"{KEYS.stage_group}={name}")
         stage_overrides.append(f"{KEYS.checkpoint_dir}={stage_dir / 'checkpoints'}")
         if planned:
             stage_overrides += [f"{KEYS.init_from}=checkpoint", f"{KEYS.init_path}={planned[-1].checkpoint_dir}"]
         cfg = compose(stage_overrides, config_dir, config_name)
         typed(cfg)  # fail early on a key the tree does not know
-        run_id = f"{_slug(run_dir.name)}-{_slug(stage_name)}-{secrets.token_hex(4)}"
+        # Fixed by the stage's directory: a requeue, or launching the same run directory again, continues
+        # the same W&B run, as it continues the same checkpoints.
+        digest = hashlib.sha1(str(stage_dir).encode()).hexdigest()[:8]
+        run_id = f"{_slug(run_dir.name)}-{_slug(stage_name)}-{digest}"
         planned.append(Stage(stage_name, stage_dir, cfg, stage_overrides, run_id))
     return planned
 

@@ -243,8 +243,12 @@ class LocalSlurm:
                 return None
             return state if state != "COMPLETING" else None
 
-        if requeued_state := poll(requeued, timeout, f"job {job_id} to be requeued ({restarts} restarts)"):
-            if requeued_state == "PENDING":
+        if poll(requeued, timeout, f"job {job_id} to be requeued ({restarts} restarts)") == "PENDING":
+            # slurmd revoked the old run's credential at the requeue and refuses credentials created in the
+            # same second ("Job credential revoked"): let the node go idle and the clock move on first.
+            poll(lambda: self.node_state().startswith("IDLE"), timeout, f"node {self.node} to become IDLE")
+            time.sleep(2.0)
+            if self.job(job_id).get("JobState") == "PENDING":
                 self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
     def submit_wrap(self, command: str, *sbatch_args: str) -> str:
