@@ -79,22 +79,45 @@ class _EncodedFiles:
     The two differ only at the end, so with tokenizers whose pre-tokenizer always breaks at a line start
     (`tokenizer.line_start_is_boundary`) each text is encoded as head + last line and only the last line is
     encoded twice; other tokenizers encode both variants in full.
+
+    With a token `limit` (the room a single file has under --max-tokens), a file longer than
+    CLIP_CHARS_PER_TOKEN x limit characters is encoded only up to a line start past that point: the ids
+    of a text cut at a pre-token boundary are a prefix of the whole text's ids, so when that prefix alone
+    exceeds the limit the file is known not to fit, and its truncation needs nothing beyond the prefix.
+    Such files are `clipped[k]`; they can only be truncated (never FIM'd), and the tail is never encoded.
     """
 
-    def __init__(self, tok, texts: list[str]):
+    def __init__(self, tok, texts: list[str], limit: int | None = None):
         self.tok, self.texts = tok, texts
         n = len(texts)
+        self.clipped = [False] * n
         if tok.line_start_is_boundary:
             self.cuts = [last_line_start(t) for t in texts]
-            arrays = tok.encode_raw_batch_np([t[:q] for t, q in zip(texts, self.cuts)] +
-                                             [t[q:] + "\n" for t, q in zip(texts, self.cuts)])
-            self.heads = arrays[:n]
-            self.with_newline = [np.concatenate([h, t]) for h, t in zip(self.heads, arrays[n:])]
+            clip = [None] * n if limit is None else [_clip_point(t, limit) for t in texts]
+            heads = [t[:c] if c is not None else t[:q] for t, q, c in zip(texts, self.cuts, clip)]
+            tails = [t[q:] + "\n" for t, q, c in zip(texts, self.cuts, clip) if c is None]
+            arrays = tok.encode_raw_batch_np(heads + tails)
+            self.heads, tails_enc = arrays[:n], iter(arrays[n:])
+            self.with_newline = []
+            for k in range(n):
+                if clip[k] is not None and self.heads[k].size > limit:
+                    self.clipped[k] = True
+                    self.with_newline.append(self.heads[k])
+                    continue
+                if clip[k] is not None:  # the prefix fits after all (very long tokens): encode the rest
+                    rest = texts[k][clip[k]:self.cuts[k]] if clip[k] < self.cuts[k] else ""
+                    self.heads[k] = np.concatenate([self.heads[k], tok.encode_raw_np(rest)])
+                    tail = tok.encode_raw_np(texts[k][self.cuts[k]:] + "\n")
+                else:
+                    tail = next(tails_enc)
+                self.with_newline.append(np.concatenate([self.heads[k], tail]))
         else:
             self.cuts = None
             self.with_newline = tok.encode_raw_batch_np([t + "\n" for t in texts])
 
     def last(self, k: int) -> np.ndarray:
+        if self.clipped[k]:
+            return self.heads[k]
         if self.cuts is None:
             return self.tok.encode_raw_np(self.texts[k])
         return np.concatenate([self.heads[k], self.tok.encode_raw_np(self.texts[k][self.cuts[k]:])])
@@ -125,6 +148,17 @@ class _EncodedFiles:
         c = token_index(q2) if q2 is not None else None
         suffix = np.concatenate([enc(text[j:q2]), full[c:]]) if c is not None else enc(text[j:])
         return prefix, enc(text[i:j]), suffix
+
+
+CLIP_CHARS_PER_TOKEN = 8  # code averages 3-4 characters per token; the margin makes re-encoding rare
+
+
+def _clip_point(text: str, limit: int) -> int | None:
+    """A line start past CLIP_CHARS_PER_TOKEN x limit characters (before the last line), or None."""
+    if len(text) <= CLIP_CHARS_PER_TOKEN * limit:
+        return None
+    q = _first_line_start_in(text, CLIP_CHARS_PER_TOKEN * limit, len(text))
+    return q if q is not None and q <= last_line_start(text) else None
 
 
 def _line_start(text: str, q: int) -> bool:
@@ -164,7 +198,7 @@ def _pack_piece(header: list[np.ndarray], files: list[tuple[str, str]], group: l
     body = [a for k in group[:-1] for a in (sep, enc.with_newline[k])]
     path, content = files[group[-1]]
     fixed = sum(a.size for a in header) + sum(a.size for a in body) + 1  # + EOD
-    if ctx.rng.random() < ctx.options.fim_rate:
+    if ctx.rng.random() < ctx.options.fim_rate and not enc.clipped[group[-1]]:
         i, j = fim_split_points(content, ctx.rng, ctx.options.fim_line_level)
         start = len(path) + 1  # the file's text is "{path}\n{content}"
         prefix, middle, suffix = enc.fim_parts(group[-1], start, start + i, start + j)
@@ -177,7 +211,6 @@ def _pack_piece(header: list[np.ndarray], files: list[tuple[str, str]], group: l
     room = None if budget is None else budget - fixed - 1
     if room is not None and last_text.size > room:
         ctx.count("truncated_files")
-        ctx.count("truncated_tokens", int(last_text.size - max(room, 0)))
         last_text = last_text[: max(room, 0)]
     return [*header, *body, sep, last_text, eod]
 
@@ -194,12 +227,12 @@ def repo(record: dict, ctx: ModeContext) -> list[Document]:
     files = [files[k] for k in file_order(files, ctx.options.repo_file_order, ctx.rng)]
     tok = ctx.tokenizer
     header = [_ids(ids.repo_name), tok.encode_raw_np(f"{name}\n")]
-    encoded = _EncodedFiles(tok, [repo_file_text(p, c, last=True) for p, c in files])
     budget = ctx.options.max_tokens
-    if budget is not None:
-        room = budget - sum(a.size for a in header) - 1
-        if room < 2:
-            raise SkipRecord(f"--max-tokens {budget} leaves no room after the repository header")
+    room = None if budget is None else budget - sum(a.size for a in header) - 1
+    if room is not None and room < 2:
+        raise SkipRecord(f"--max-tokens {budget} leaves no room after the repository header")
+    encoded = _EncodedFiles(tok, [repo_file_text(p, c, last=True) for p, c in files], room)
+    if room is not None:
         groups = greedy_pack([1 + e.size for e in encoded.with_newline], room)
     else:
         groups = [list(range(len(files)))]

@@ -143,7 +143,28 @@ def test_single_file_longer_than_max_tokens_is_truncated_and_counted(qwen, tmp_p
     assert all(len(d) <= 200 for d in docs)
     assert any(len(d) == 200 for d in docs)
     assert report["counters"]["truncated_files"] == 1
-    assert report["counters"]["truncated_tokens"] > 1000
+    # The truncated file's ids are the first ids of the whole file's encoding (its tail is never encoded:
+    # the file is clipped at a line start far past the room it has).
+    [cut] = [d.tolist() for d in docs if len(d) == 200]
+    header = qwen.hf("<|repo_name|>r\n", add_special_tokens=False).input_ids
+    whole = qwen.hf(f"big.py\n{big}", add_special_tokens=False).input_ids
+    assert cut == header + [151664] + whole[: 200 - len(header) - 2] + [151643]
+
+
+@pytest.mark.parametrize("chars_per_token", [8, 1])  # clipped / the clipped prefix fits, so encoded in full
+def test_long_file_clipping_gives_the_ids_of_full_encoding(qwen, monkeypatch, chars_per_token):
+    from megatron_qwen.data import modes_repo
+
+    monkeypatch.setattr(modes_repo, "CLIP_CHARS_PER_TOKEN", chars_per_token)
+    big = "".join(f"value_{k:03d} = {k}\n" for k in range(400))
+    room = 150
+    clipped = modes_repo._EncodedFiles(qwen, [big, "y = 2\n"], room)
+    full = modes_repo._EncodedFiles(qwen, [big, "y = 2\n"], None)
+    assert clipped.clipped == [chars_per_token == 8, False]
+    n = room if clipped.clipped[0] else full.with_newline[0].size
+    assert clipped.with_newline[0][:n].tolist() == full.with_newline[0][:n].tolist()
+    assert clipped.last(0)[:room].tolist() == full.last(0)[:room].tolist()
+    assert clipped.with_newline[1].tolist() == full.with_newline[1].tolist()
 
 
 def test_input_dir_skips_binary_and_non_utf8_files(qwen, tmp_path):
