@@ -30,7 +30,7 @@ def compose_config(*overrides: str) -> Config:
 
 def test_there_are_experiments():
     assert "tiny_cpu" in EXPERIMENTS and "tiny_cpu_stage2" in EXPERIMENTS
-    assert len(EXAMPLE_EXPERIMENTS) == 3, EXAMPLE_EXPERIMENTS
+    assert len(EXAMPLE_EXPERIMENTS) == 6, EXAMPLE_EXPERIMENTS
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -54,12 +54,17 @@ def test_7b_example_composes_and_validates_at_its_world_size(name):
     validate_config(cfg, world_size=world)
 
 
-def test_7b_stages_chain_8k_32k_128k():
+def test_7b_stages_chain_8k_32k_128k_then_sft_and_dpo():
     sp = f"hydra.searchpath=[file://{EXAMPLES}]"
-    s1, s2, s3 = (compose_config(sp, f"experiment={n}") for n in EXAMPLE_EXPERIMENTS)
+    s1, s2, s3, s4, s5, s6 = (compose_config(sp, f"experiment={n}") for n in EXAMPLE_EXPERIMENTS)
     assert [s.data.seq_length for s in (s1, s2, s3)] == [8192, 32768, 131072]
     assert s2.model.rope_theta == 1e6 and s3.model.yarn.enabled and s3.parallel.context_parallel_size > 1
-    assert s2.checkpoint.init_path == s1.checkpoint.dir and s3.checkpoint.init_path == s2.checkpoint.dir
+    # Post-training: coarse SFT, fine SFT (lower LR), DPO, each from the previous stage; YaRN stays on.
+    assert [s.stage.objective for s in (s4, s5, s6)] == ["sft", "sft", "dpo"]
+    assert s4.optim.lr > s5.optim.lr > s6.optim.lr and all(s.model.yarn.enabled for s in (s4, s5, s6))
+    assert s4.post.sft.fim_share > 0 and s4.data.packed_sequences
+    chain = (s1, s2, s3, s4, s5, s6)
+    assert all(b.checkpoint.init_path == a.checkpoint.dir for a, b in zip(chain, chain[1:]))
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
