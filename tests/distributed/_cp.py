@@ -14,7 +14,7 @@ import dataclasses
 
 import torch
 
-from megatron_qwen.config import OptimConfig, ParallelConfig, YarnConfig
+from megatron_qwen.config import ParallelConfig, YarnConfig
 from megatron_qwen.model.context_parallel import cp_token_index, pack_documents, shard_batch_for_cp
 from megatron_qwen.model.presets import get_preset
 from tests.distributed import _equivalence as eq
@@ -64,7 +64,7 @@ def train_cp(preset: str, cases: list[str], parallel: ParallelConfig, init_root:
 
     Checkpoints live in `{root}/{case}`: initial weights are loaded from init_root (or saved to save_root).
     """
-    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core import parallel_state
 
     from megatron_qwen.model.build import build_model
     from megatron_qwen.platform import init_distributed
@@ -79,12 +79,9 @@ def train_cp(preset: str, cases: list[str], parallel: ParallelConfig, init_root:
         if save_root:
             eq._save(chunks, f"{save_root}/{case}")
         if init_root:
-            state = dist_checkpointing.load(eq._model_state(chunks), f"{init_root}/{case}")
-            for i, chunk in enumerate(chunks):
-                chunk.load_state_dict(state["model" if len(chunks) == 1 else f"model{i}"])
+            eq._load(chunks, f"{init_root}/{case}")
         wrapped = wrap_model(chunks, parallel)
-        optim = OptimConfig(lr=3e-3, weight_decay=0.1, clip_grad=1.0, adam_eps=1e-4)
-        optimizer = build_optimizer(wrapped, optim, parallel)
+        optimizer = build_optimizer(wrapped, eq.EQUIVALENCE_OPTIM, parallel)
         dp_rank = parallel_state.get_data_parallel_rank()
         dp_size = parallel_state.get_data_parallel_world_size()
         share = len(mbs_all) // dp_size

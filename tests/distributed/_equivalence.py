@@ -57,6 +57,21 @@ def _save(chunks, path: str) -> None:
     dist_checkpointing.save(_model_state(chunks), path)
 
 
+def _load(chunks, path: str) -> None:
+    """Weights saved by `_save` (at any layout: dist_checkpointing reshards) into `chunks`."""
+    from megatron.core import dist_checkpointing
+
+    state = dist_checkpointing.load(_model_state(chunks), path)
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(state["model" if len(chunks) == 1 else f"model{i}"])
+
+
+# Adam's eps is raised from 1e-8: the key bias's gradient is mathematically zero (softmax is invariant to a
+# per-query shift), so its float32 rounding noise (~1e-10) would otherwise be turned by Adam into steps of a
+# sizeable fraction of lr that differ between layouts.
+EQUIVALENCE_OPTIM = OptimConfig(lr=3e-3, weight_decay=0.1, clip_grad=1.0, adam_eps=1e-4)
+
+
 def _model_state(chunks) -> dict:
     if len(chunks) == 1:
         return {"model": chunks[0].sharded_state_dict()}
@@ -66,7 +81,7 @@ def _model_state(chunks) -> dict:
 def train_layout(preset: str, parallel: ParallelConfig, init_dir: str | None, save_init: str | None,
                  final_dir: str, steps: int = 3) -> list[float]:
     """Build, (load initial weights), train `steps` steps, save final weights; returns the losses."""
-    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core import parallel_state
 
     from megatron_qwen.model.build import build_model
     from megatron_qwen.platform import init_distributed
@@ -78,15 +93,9 @@ def train_layout(preset: str, parallel: ParallelConfig, init_dir: str | None, sa
     if save_init:
         _save(chunks, save_init)
     if init_dir:
-        state = dist_checkpointing.load(_model_state(chunks), init_dir)
-        for i, chunk in enumerate(chunks):
-            chunk.load_state_dict(state["model" if len(chunks) == 1 else f"model{i}"])
+        _load(chunks, init_dir)
     wrapped = wrap_model(chunks, parallel)
-    # Adam's eps is raised from 1e-8: the key bias's gradient is mathematically zero (softmax is
-    # invariant to a per-query shift), so its float32 rounding noise (~1e-10) would otherwise be turned
-    # by Adam into steps of a sizeable fraction of lr that differ between layouts.
-    optim = OptimConfig(lr=3e-3, weight_decay=0.1, clip_grad=1.0, adam_eps=1e-4)
-    optimizer = build_optimizer(wrapped, optim, parallel)
+    optimizer = build_optimizer(wrapped, EQUIVALENCE_OPTIM, parallel)
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     losses = []
