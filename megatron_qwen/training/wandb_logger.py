@@ -1,8 +1,9 @@
 """Weights & Biases from one rank (the last pipeline stage's first rank), or nothing when not configured.
 
 `logging.wandb_project` unset or `wandb_mode=disabled`: a no-op logger, wandb is never imported.
-Offline mode writes run files under `wandb_dir` with no network. The run id is kept in the checkpoint
-(train_state["wandb_id"]) so a resumed run continues the same W&B run.
+Offline mode writes run files under `wandb_dir` with no network. The run id is, in order: the one kept in
+the checkpoint (train_state["wandb_id"], so a resumed run continues the same W&B run), `logging.wandb_id`,
+`WANDB_RUN_ID` (the Slurm launcher exports one per stage directory), or a new random id.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class WandbLogger:
 
         directory = cfg.wandb_dir or default_dir
         os.makedirs(directory, exist_ok=True)
-        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.run_id = run_id or os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8]
         self.run = wandb.init(
             project=cfg.wandb_project, name=cfg.wandb_name, mode=cfg.wandb_mode, dir=directory,
             config=config, id=self.run_id, resume="allow",

@@ -8,7 +8,8 @@ submits it; srun starts 2 tasks that derive their ranks from Slurm's environment
 - a two-stage PP=2 chain: the second job waits on `afterok`, starts only after the first completed, and
   initializes from the first stage's final checkpoint;
 - a TP=2 job signalled with `scancel --signal=USR1` mid-run saves, requeues itself, resumes and
-  finishes, and its per-step losses are exactly the uninterrupted job's.
+  finishes, its per-step losses are exactly the uninterrupted job's, and both segments log to the one
+  W&B run (offline) whose id the launcher exported.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def test_two_stage_chain_starts_stage2_from_stage1_after_it_succeeded(slurm_env,
 
 def test_usr1_saves_requeues_and_matches_the_uninterrupted_losses(slurm_env, uninterrupted, tmp_path):
     run_dir = tmp_path / "preempted"
-    (job_id,) = submit(run_dir, tp2_args(slurm_env))
+    wandb = ["logging=wandb", f"logging.wandb_dir={tmp_path / 'wb'}"]
+    (job_id,) = submit(run_dir, tp2_args(slurm_env) + wandb)
     ck = run_dir / "train" / "checkpoints"
 
     def reached_step_3():
@@ -156,3 +158,7 @@ def test_usr1_saves_requeues_and_matches_the_uninterrupted_losses(slurm_env, uni
     resumed = losses(ck)
     assert sorted(resumed) == list(range(1, STEPS + 1))
     assert resumed == reference  # bit for bit: same layout, RNG and data position restored
+    # One W&B run across the requeue: two offline segments under the id the launcher exported.
+    exported = re.search(r"export WANDB_RUN_ID=(\S+)", (run_dir / "train" / "job.sbatch").read_text()).group(1)
+    segments = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and {s.name.split("-", 3)[3] for s in segments} == {exported}, segments
