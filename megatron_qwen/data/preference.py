@@ -22,6 +22,14 @@ checks that every document has exactly two sequences (a record is written whole 
 in the same per-row layout as SFT samples (`packing.build_sample`: tokens, labels, loss_mask,
 position_ids, segment_ids), one sequence per row under the ordinary causal mask (padding at the end).
 The response log-prob of row r is `(token_logps * loss_mask)[r].sum()` (`training.dpo_loss.sequence_logps`).
+
+Packed (`data.packed_sequences=true`): `pack_pair_rows` groups WHOLE pairs into rows of `seq_length`
+positions (`packing.pack_bins`; a pair of n_c + n_r tokens needs n_c + n_r - 2 positions), and
+`collate_packed_pairs` builds one THD row [1, seq_length] per group with `packing.build_sample`: segments
+chosen 0, rejected 0, chosen 1, rejected 1, ..., then the tail padding, each with its own `cu_seqlens`
+entry (block-diagonal causal attention: no sequence sees another). `sequence_ids` numbers every position's
+sequence in the padded block's order (chosen k -> k, rejected k -> B + k, padding -> 2B), so the loss sums
+per segment instead of per row and everything after that is shared with the padded layout.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from megatron_qwen.data.chat import (
     normalize_messages,
     render_segments,
 )
-from megatron_qwen.data.packing import build_sample, stack_samples
+from megatron_qwen.data.packing import build_sample, collate_packed, pack_bins, stack_samples
 
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 
@@ -109,6 +117,10 @@ class PreferenceDataset:
     def __len__(self) -> int:
         return len(self.tokens.document_indices) - 1
 
+    def lengths(self) -> np.ndarray:
+        """[pairs, 2] token counts (chosen, rejected)."""
+        return np.asarray(self.tokens.sequence_lengths, dtype=np.int64).reshape(-1, 2)
+
     def __getitem__(self, i: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if not 0 <= i < len(self):
             raise IndexError(f"pair {i} out of range (0..{len(self) - 1})")
@@ -126,4 +138,32 @@ def collate_pairs(pairs: Sequence[dict], seq_length: int, pad_id: int) -> dict:
                              f"seq_length + 1 = {seq_length + 1}; preprocess with --sft-seq-length {seq_length}")
     batch = stack_samples([build_sample([row], seq_length, pad_id) for row in rows])
     batch["num_pairs"] = len(pairs)
+    return batch
+
+
+def pair_positions(lengths: np.ndarray, packed: bool) -> np.ndarray:
+    """Positions each pair ([pairs, 2] token counts) needs: its longer sequence's (padded rows, one sequence
+    per row) or both sequences' together (packed, both in one row)."""
+    return lengths.sum(1) - 2 if packed else lengths.max(1) - 1
+
+
+def pack_pair_rows(lengths: np.ndarray, order: Sequence[int], seq_length: int) -> list[list[int]]:
+    """Whole pairs (ids in `order`) grouped into packed rows of <= seq_length positions, best-fit decreasing.
+
+    Inside a row, pairs keep their order in `order`. Deterministic: every rank builds the same rows.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    groups = pack_bins(pair_positions(lengths[order], packed=True), seq_length)
+    return [order[g].tolist() for g in groups]
+
+
+def collate_packed_pairs(pairs: Sequence[dict], seq_length: int, pad_id: int) -> dict:
+    """B pairs -> one THD row [1, seq_length] with `cu_seqlens` and `sequence_ids` (see the module doc)."""
+    import torch
+
+    docs = [p[side] for p in pairs for side in ("chosen", "rejected")]
+    batch = collate_packed([build_sample(docs, seq_length, pad_id)])
+    b, seg = len(pairs), batch["segment_ids"].long()
+    batch["sequence_ids"] = torch.where(seg < 2 * b, (seg % 2) * b + seg // 2, 2 * b)
+    batch["num_pairs"] = b
     return batch

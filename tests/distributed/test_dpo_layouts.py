@@ -4,7 +4,8 @@ One process trains a short SFT stage on toy conversations; its checkpoint is the
 resharded by dist_checkpointing when each layout loads it) and the frozen DPO reference. Each layout then
 runs the reference pass and four DPO steps on the same toy pairs, one pair per micro-batch (so DP=2 splits
 the global batch differently from one process); per-step losses and DPO metrics must agree (rtol 1e-5).
-Packed SFT (THD rows) on PP=2 is compared the same way.
+Packed SFT (THD rows) on PP=2 is compared the same way, and so is packed DPO (whole pairs in THD rows,
+two rows per step holding different numbers of pairs) on TP=2 and PP=2.
 """
 
 from __future__ import annotations
@@ -41,6 +42,14 @@ def dpo_args(ck: Path, init: Path, pairs: str) -> list[str]:
     return common(ck, "stage=dpo", f"checkpoint.init_path={init}", f"data.blend=[{pairs}]", "data.seq_length=24",
                   "train.train_iters=4", "train.global_batch_size=8", "train.micro_batch_size=2", "optim.lr=3e-3",
                   "optim.min_lr=3e-3", "post.dpo.beta=0.5", "post.dpo.label_smoothing=0.1", "post.dpo.sft_weight=0.1")
+
+
+def packed_dpo_args(ck: Path, init: Path, pairs: str) -> list[str]:
+    # 16 toy pairs of 18..34 positions -> ~8 rows of 64; global batch = 2 rows, one row per micro-batch
+    return common(ck, "stage=dpo", f"checkpoint.init_path={init}", f"data.blend=[{pairs}]", "data.seq_length=64",
+                  "data.packed_sequences=true", "train.train_iters=4", "train.global_batch_size=2",
+                  "train.micro_batch_size=1", "optim.lr=3e-3", "optim.min_lr=3e-3", "post.dpo.beta=0.5",
+                  "post.dpo.label_smoothing=0.1", "post.dpo.sft_weight=0.1")
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +97,23 @@ def test_packed_sft_pp2_matches_single_process(start, tmp_path):
                             "optim.lr=3e-3", *extra), tmp_path)
         runs[name] = metrics(ck / "metrics.jsonl")
     compare(runs["single"], runs["pp2"], "sft-pp2", ("loss",))
+
+
+@pytest.fixture(scope="module")
+def packed_single(start):
+    root, init, _, pairs = start
+    ck = root / "dpo_packed_single"
+    out = train(1, packed_dpo_args(ck, init, pairs), root)
+    assert "16 pairs packed into" in out
+    return metrics(ck / "metrics.jsonl")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tp2", "pp2"])
+def test_packed_dpo_layout_matches_single_process(name, start, packed_single, tmp_path):
+    _, init, _, pairs = start
+    ck = tmp_path / "ck"
+    train(2, packed_dpo_args(ck, init, pairs) + LAYOUTS[name], tmp_path)
+    compare(packed_single, metrics(ck / "metrics.jsonl"), f"packed-{name}",
+            ("loss", "loss/dpo", "loss/sft", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected"))
+    assert abs(packed_single[4]["rewards/margin"]) > 1e-3 and packed_single[1]["rewards/margin"] == 0

@@ -7,7 +7,7 @@ through the hooks here:
 - `step_metrics()`: extra values logged with the loss (DPO rewards, margins, accuracy),
 - `validate_post()`: the rules these objectives add to the config check.
 Sources have a `collate(samples, seq_length)` method that `training.data.microbatches` uses to build
-micro-batches (packed THD rows, or [2B, S] preference blocks).
+micro-batches (packed THD rows of conversations or of whole DPO pairs, or padded [B, S] / [2B, S] blocks).
 """
 
 from __future__ import annotations
@@ -75,7 +75,11 @@ def validate_post(cfg: Config, dp: int | None = None) -> None:
     if p.sft_weight < 0:
         raise ConfigError(f"post.dpo.sft_weight ({p.sft_weight}) must be >= 0")
     if d.packed_sequences:
-        raise ConfigError("stage.objective=dpo pads each sequence to data.seq_length; set data.packed_sequences=false")
+        if t.micro_batch_size != 1:
+            raise ConfigError(f"stage.objective=dpo with data.packed_sequences=true needs train.micro_batch_size=1 "
+                              f"(got {t.micro_batch_size}): a packed row already holds several whole pairs and "
+                              "train.global_batch_size counts rows; raise data.seq_length instead")
+        return
     if t.micro_batch_size % 2:
         raise ConfigError(f"with stage.objective=dpo, train.micro_batch_size ({t.micro_batch_size}) counts sequences "
                           "(a chosen and a rejected per pair) and must be even")

@@ -8,6 +8,13 @@ function call. The pieces:
   therefore count sequences (two per pair; both must be even), a micro-batch of B pairs is the [2B, S]
   block of `data.preference.collate_pairs` (chosen rows first), and the pipeline's activation shape
   (seq_length, micro_batch_size) is exact with no change to the loop.
+- Packed (`data.packed_sequences=true`): index j is one packed THD row [1, seq_length] holding several
+  whole pairs, each sequence its own `cu_seqlens` segment (`data.preference.pack_pair_rows` /
+  `collate_packed_pairs`); the rows are built once from the shuffled pair order, the same on every rank.
+  `train.micro_batch_size` is 1 and `train.global_batch_size` counts rows; the loss sums log-probs per
+  segment (`sequence_ids`) rather than per row (`pair_logps`), and the rest is the padded path's.
+- Every pair must fit: one sequence of <= seq_length + 1 tokens (padded) or both together in seq_length
+  positions (packed); otherwise the source refuses the dataset, counting the pairs that do not fit.
 - The reference model is the stage's starting weights (`checkpoint.init_path`, the SFT result). Its
   response log-probs are computed once, forward-only, at the start of the stage: by the policy itself
   before its first update (it *is* the reference then — no second model in memory), or, when a run
@@ -16,7 +23,7 @@ function call. The pieces:
   (default `checkpoint.dir/reference_logps.pt`).
 - `dpo_forward_step`: GPTModel given labels returns the per-token loss, i.e. −log p of every label
   (under TP: −vocab_parallel_cross_entropy, already complete on every TP rank); the loss function sums
-  it over the answer tokens (the loss mask) and calls `training.dpo_loss.dpo_loss`.
+  it over the answer tokens (the loss mask) of each sequence and calls `training.dpo_loss.dpo_loss`.
 - Averaging: the loss function returns (DPO loss × pairs in the micro-batch, pairs, report). step.py's
   per-token contract divides the summed gradients by the pairs of the whole global batch (over
   micro-batches and data-parallel ranks), so the step minimizes the mean over all pairs of the global
@@ -39,7 +46,14 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_qwen.config import Config
-from megatron_qwen.data.preference import PreferenceDataset, collate_pairs
+from megatron_qwen.data.preference import (
+    PreferenceDataset,
+    collate_packed_pairs,
+    collate_pairs,
+    pack_pair_rows,
+    pair_positions,
+)
+from megatron_qwen.model.context_parallel import packed_seq_params
 from megatron_qwen.training.dpo_loss import dpo_loss, sequence_logps
 
 log = logging.getLogger("megatron_qwen.train")
@@ -50,24 +64,53 @@ _pending: list[torch.Tensor] = []  # per micro-batch [pairs, metric sums...] sin
 
 
 class PairRows:
-    """Sequence-indexed view of a PreferenceDataset (see the module doc); `collate` builds [2B, S] batches."""
+    """Sample-indexed view of a PreferenceDataset (see the module doc): sequences of [2B, S] blocks, or packed rows."""
 
-    def __init__(self, pairs: PreferenceDataset, seq_length: int, pad_id: int, dpo, shuffle: bool, seed: int):
-        self.pairs, self.seq_length, self.pad_id = pairs, seq_length, pad_id
+    def __init__(self, pairs: PreferenceDataset, seq_length: int, pad_id: int, dpo, shuffle: bool, seed: int,
+                 packed: bool = False):
+        self.pairs, self.seq_length, self.pad_id, self.packed = pairs, seq_length, pad_id, packed
         self.hparams = {"beta": dpo.beta, "label_smoothing": dpo.label_smoothing, "sft_weight": dpo.sft_weight}
         n = len(pairs)
         if n == 0:
             raise ValueError("the DPO dataset has no pairs")
-        self.order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        lengths = pairs.lengths()
+        self._check_fit(lengths)
+        rng = np.random.default_rng(seed)
+        self.order = rng.permutation(n) if shuffle else np.arange(n)
+        self.rows: list[list[int]] = []  # packed: the pair ids of every row
+        if packed:
+            self.rows = pack_pair_rows(lengths, self.order, seq_length)
+            if shuffle:  # best-fit decreasing emits the longest pairs first
+                self.rows = [self.rows[i] for i in rng.permutation(len(self.rows))]
+            log.info("DPO: %d pairs packed into %d rows of %d positions (%.1f%% padding)", n, len(self.rows),
+                     seq_length, 100 * (1 - pair_positions(lengths, True).sum() / (len(self.rows) * seq_length)))
         self.reference: torch.Tensor | None = None  # [pairs, 2] (chosen, rejected) summed log-probs
 
+    def _check_fit(self, lengths: np.ndarray) -> None:
+        need = pair_positions(lengths, self.packed)
+        bad = np.flatnonzero(need > self.seq_length)
+        if bad.size:
+            i = int(bad[0])
+            rule = (f"both sequences together need <= data.seq_length + 2 = {self.seq_length + 2} tokens (one packed "
+                    f"row); preprocess with --sft-seq-length {self.seq_length // 2} or raise data.seq_length"
+                    if self.packed else f"each sequence needs <= data.seq_length + 1 = {self.seq_length + 1} tokens; "
+                    f"preprocess with --sft-seq-length {self.seq_length}")
+            raise ValueError(f"{bad.size} of {len(lengths)} DPO pairs do not fit (the first: pair {i}, chosen "
+                             f"{lengths[i, 0]} + rejected {lengths[i, 1]} tokens): {rule}")
+
     def __len__(self) -> int:
-        return 2 * len(self.pairs)
+        return len(self.rows) if self.packed else 2 * len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
+        if self.packed:
+            return {"pairs": self.rows[index]}
         return {"pair": int(self.order[index // 2]), "side": index % 2}
 
     def collate(self, samples: list[dict], seq_length: int) -> dict:
+        if self.packed:
+            if len(samples) != 1:
+                raise ValueError("packed DPO rows need train.micro_batch_size=1 (a row already holds several pairs)")
+            return self.batch_of_pairs(samples[0]["pairs"])
         ids = [s["pair"] for s in samples[0::2]]
         if len(samples) % 2 or any(s["side"] != k % 2 or s["pair"] != ids[k // 2] for k, s in enumerate(samples)):
             raise ValueError("a DPO micro-batch must hold whole pairs (chosen, rejected); train.micro_batch_size "
@@ -75,17 +118,33 @@ class PairRows:
         return self.batch_of_pairs(ids)
 
     def batch_of_pairs(self, ids: list[int]) -> dict:
-        batch = collate_pairs([self.pairs[i] for i in ids], self.seq_length, self.pad_id)
+        """One micro-batch of these pairs: a [2B, S] block, or (packed) one THD row holding all of them."""
+        pairs, s = [self.pairs[i] for i in ids], self.seq_length
+        if self.packed:
+            batch = collate_packed_pairs(pairs, s, self.pad_id)
+            batch["packed_seq_params"] = packed_seq_params(batch["cu_seqlens"])
+            batch["attention_mask"] = None
+        else:
+            batch = collate_pairs(pairs, s, self.pad_id)
+            batch["attention_mask"] = torch.ones(1, 1, s, s, dtype=torch.bool).triu(1)
         for key in ("tokens", "labels", "position_ids"):
             batch[key] = batch[key].long()
         batch["loss_mask"] = batch["loss_mask"].float()
-        s = self.seq_length
-        batch["attention_mask"] = torch.ones(1, 1, s, s, dtype=torch.bool).triu(1)
         batch["pair_ids"] = torch.tensor(ids, dtype=torch.long)
         ref = self.reference[ids] if self.reference is not None else torch.zeros(len(ids), 2, dtype=torch.float64)
-        batch["reference_logps"] = torch.cat([ref[:, 0], ref[:, 1]]).float()  # row order: chosen, then rejected
+        batch["reference_logps"] = torch.cat([ref[:, 0], ref[:, 1]]).float()  # sequence order: chosen, then rejected
         batch["dpo"] = self.hparams
         return batch
+
+    def reference_groups(self, micro_batch_size: int, dp_rank: int, dp: int) -> list[list[int]]:
+        """This data-parallel rank's share of the pairs for the reference pass: pair ids per micro-batch."""
+        if self.packed:
+            return self.rows[dp_rank::dp]
+        per_mb = micro_batch_size // 2
+        mine = list(range(dp_rank, len(self.pairs), dp))
+        if mine and len(mine) % per_mb:
+            mine += [mine[-1]] * (per_mb - len(mine) % per_mb)  # full micro-batches (fixed pipeline shapes)
+        return [mine[i:i + per_mb] for i in range(0, len(mine), per_mb)]
 
 
 def _forward(batch: dict, model):
@@ -93,9 +152,24 @@ def _forward(batch: dict, model):
                  packed_seq_params=batch.get("packed_seq_params"))
 
 
+def pair_logps(batch: dict, output_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([2B] summed answer log-probs, [2B] answer token counts), chosen sequences first, from the per-token
+    −log p: summed per row ([2B, S] block) or per segment (packed row, `sequence_ids`)."""
+    per_token = -output_tensor.float()
+    seq = batch.get("sequence_ids")
+    if seq is None:
+        return sequence_logps(per_token, batch["loss_mask"])
+    n = 2 * batch["num_pairs"]
+    idx = seq.reshape(-1).to(per_token.device)
+    mask = batch["loss_mask"].reshape(-1).to(per_token)
+    sums = per_token.new_zeros(n + 1).index_add(0, idx, per_token.reshape(-1) * mask)
+    counts = mask.new_zeros(n + 1).index_add(0, idx, mask)
+    return sums[:n], counts[:n]  # index n collects the row's tail padding
+
+
 def dpo_loss_func(batch: dict, output_tensor: torch.Tensor):
-    """(DPO loss × pairs, pairs, report) of one micro-batch; output_tensor is the [2B, S] per-token −log p."""
-    logps, counts = sequence_logps(-output_tensor.float(), batch["loss_mask"])
+    """(DPO loss × pairs, pairs, report) of one micro-batch; output_tensor is the per-token −log p."""
+    logps, counts = pair_logps(batch, output_tensor)
     ref = batch["reference_logps"].to(logps.device)
     b = batch["num_pairs"]
     out = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], chosen_tokens=counts[:b], **batch["dpo"])
@@ -112,7 +186,7 @@ def dpo_forward_step(data_iterator, model):
 
 
 def _reference_loss_func(batch: dict, output_tensor: torch.Tensor):
-    logps, _ = sequence_logps(-output_tensor.float(), batch["loss_mask"])
+    logps, _ = pair_logps(batch, output_tensor)
     zero = logps.sum() * 0
     return zero, torch.tensor(1, dtype=torch.int), {"logps": logps.detach().cpu(), "pair_ids": batch["pair_ids"]}
 
@@ -141,20 +215,16 @@ def compute_reference_logps(chunks, rows: PairRows, micro_batch_size: int, round
     from megatron_qwen.training.step import run_forward_backward
 
     n = len(rows.pairs)
-    dp = parallel_state.get_data_parallel_world_size()
-    dp_rank = parallel_state.get_data_parallel_rank()
-    per_mb = micro_batch_size // 2
-    mine = list(range(dp_rank, n, dp))
-    if mine and len(mine) % per_mb:
-        mine += [mine[-1]] * (per_mb - len(mine) % per_mb)  # full micro-batches (fixed pipeline shapes)
+    groups = rows.reference_groups(micro_batch_size, parallel_state.get_data_parallel_rank(),
+                                   parallel_state.get_data_parallel_world_size())
     table = torch.zeros(n, 2, dtype=torch.float64)
     saved, rows.reference = rows.reference, None
     for chunk in chunks:
         chunk.eval()
     cuda = torch.cuda.is_available()
     with torch.no_grad():
-        for start in range(0, len(mine), per_mb * rounds):
-            mbs = [rows.batch_of_pairs(mine[i:i + per_mb]) for i in range(start, min(len(mine), start + per_mb * rounds), per_mb)]
+        for start in range(0, len(groups), rounds):
+            mbs = [rows.batch_of_pairs(ids) for ids in groups[start:start + rounds]]
             if cuda:
                 mbs = [{k: v.cuda(non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()} for b in mbs]
             reports = run_forward_backward(chunks, mbs, rows.seq_length, micro_batch_size, forward_only=True,
@@ -180,7 +250,7 @@ def _cache_path(cfg: Config) -> Path | None:
 
 def _meta(cfg: Config, rows: PairRows) -> dict:
     return {"data": str(Path(str(cfg.data.blend[-1]).removesuffix("_text_document")).resolve()), "pairs": len(rows.pairs),
-            "seq_length": cfg.data.seq_length, "init_path": cfg.checkpoint.init_path, "pad_id": rows.pad_id}
+            "seq_length": cfg.data.seq_length, "init_path": cfg.checkpoint.init_path, "pad_id": rows.pad_id, "packed": rows.packed}
 
 
 def _reference_model(cfg: Config):
@@ -205,7 +275,8 @@ def build_dpo_source(cfg: Config, chunks, resumed: bool) -> PairRows:
 
     prefix = dataset_prefix(cfg.data.blend[-1])
     pad = cfg.post.pad_token_id if cfg.post.pad_token_id is not None else cfg.data.eod_token_id
-    rows = PairRows(PreferenceDataset(prefix), cfg.data.seq_length, pad, cfg.post.dpo, cfg.post.shuffle, cfg.seed)
+    rows = PairRows(PreferenceDataset(prefix), cfg.data.seq_length, pad, cfg.post.dpo, cfg.post.shuffle, cfg.seed,
+                    packed=cfg.data.packed_sequences)
     path, meta = _cache_path(cfg), _meta(cfg, rows)
     cached = torch.load(path, weights_only=False) if path and path.exists() else None
     if cached is not None and cached["meta"] == meta:

@@ -124,7 +124,7 @@ def test_valid_post_configs():
     ("dpo", {"train__global_batch_size": 8}, 8, "train.global_batch_size (8) / data-parallel size (8)"),
     ("dpo", {"post__dpo__beta": 0.0}, None, "post.dpo.beta (0.0) must be > 0"),
     ("dpo", {"post__dpo__label_smoothing": 0.5}, None, "post.dpo.label_smoothing (0.5)"),
-    ("dpo", {"data__packed_sequences": True}, None, "set data.packed_sequences=false"),
+    ("dpo", {"data__packed_sequences": True}, None, "data.packed_sequences=true needs train.micro_batch_size=1 (got 2)"),
 ])
 def test_post_rule(objective, kw, world, message):
     with pytest.raises(ConfigError) as err:
