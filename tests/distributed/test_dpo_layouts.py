@@ -5,7 +5,7 @@ resharded by dist_checkpointing when each layout loads it) and the frozen DPO re
 runs the reference pass and four DPO steps on the same toy pairs, one pair per micro-batch (so DP=2 splits
 the global batch differently from one process); per-step losses and DPO metrics must agree (rtol 1e-5).
 Packed SFT (THD rows) on PP=2 is compared the same way, and so is packed DPO (whole pairs in THD rows,
-two rows per step holding different numbers of pairs) on TP=2 and PP=2.
+two rows per step holding different numbers of pairs) on TP=2, PP=2 and DP=2.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def packed_single(start):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tp2", "pp2"])
+@pytest.mark.parametrize("name", ["tp2", "pp2", "dp2"])  # dp2: one row per rank, unequal pair counts
 def test_packed_dpo_layout_matches_single_process(name, start, packed_single, tmp_path):
     _, init, _, pairs = start
     ck = tmp_path / "ck"

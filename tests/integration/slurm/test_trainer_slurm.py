@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -43,6 +44,10 @@ def slurm_env(slurm_cluster):
         mp.setenv("WANDB_SILENT", "true")
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
             mp.delenv(var, raising=False)  # the trainer must take its ranks from Slurm
+        try:  # the rendezvous host is the first node of SLURM_JOB_NODELIST, i.e. this host's short name
+            socket.gethostbyname(slurm_cluster.node)
+        except OSError:
+            mp.setenv("MASTER_ADDR", "127.0.0.1")  # a host that cannot resolve its own name
         mp.chdir(REPO)  # the job's working directory (sbatch --chdir) is the launcher's
         yield slurm_cluster
 
