@@ -206,6 +206,9 @@ class DPOConfig:
     # Reference log-probs (the frozen start model, i.e. checkpoint.init_path) are computed in one forward-only
     # pass at the start of the stage and kept here; None: checkpoint.dir/reference_logps.pt.
     reference_cache: str | None = None
+    # Held-out pairs (an `--mode dpo` prefix) evaluated every train.eval_interval steps over train.eval_iters x
+    # train.global_batch_size samples: val_loss (mean DPO loss) and val/rewards/accuracy, margins, log-probs.
+    valid_prefix: str | None = None
 
 
 @dataclass

@@ -205,7 +205,7 @@ def run(cfg: Config, config_dict: dict, config_yaml: str) -> dict:
                              "consumed_samples": step * t.global_batch_size, **post.step_metrics(cfg)})
             window_start, window_steps = time.perf_counter(), 0
         if t.eval_interval and valid_src is not None and step % t.eval_interval == 0:
-            sink.emit(step, {"val_loss": evaluate(cfg, wrapped, valid_src, dp_rank, dp)})
+            sink.emit(step, {"val_loss": evaluate(cfg, wrapped, valid_src, dp_rank, dp), **post.eval_metrics(cfg)})
         saved = bool(c.save_interval and step % c.save_interval == 0 and step < t.train_iters)
         if saved:
             save(step)

@@ -4,7 +4,8 @@ The training loop stays the one of pretraining; a stage's `stage.objective` ("sf
 through the hooks here:
 - `STEP_FUNCS`: the forward-step function (SFT reuses pretraining's masked per-token loss; DPO: dpo.py),
 - `build_sources()`: the sample sources (sft.py: packed conversations; dpo.py: pairs + reference log-probs),
-- `step_metrics()`: extra values logged with the loss (DPO rewards, margins, accuracy),
+- `step_metrics()` / `eval_metrics()`: extra values logged with the loss / the validation loss (DPO rewards,
+  margins, accuracy; `val/...` on held-out pairs from `post.dpo.valid_prefix`),
 - `validate_post()`: the rules these objectives add to the config check.
 Sources have a `collate(samples, seq_length)` method that `training.data.microbatches` uses to build
 micro-batches (packed THD rows of conversations or of whole DPO pairs, or padded [B, S] / [2B, S] blocks).
@@ -26,14 +27,19 @@ def build_sources(cfg: Config, chunks, resumed: bool, train_samples: int, eval_s
         from megatron_qwen.training.post.sft import build_sft_sources
 
         return build_sft_sources(cfg, train_samples, eval_samples)
-    from megatron_qwen.training.post.dpo import build_dpo_source
+    from megatron_qwen.training.post.dpo import build_dpo_sources
 
-    return build_dpo_source(cfg, chunks, resumed), None
+    return build_dpo_sources(cfg, chunks, resumed)
 
 
 def step_metrics(cfg: Config) -> dict[str, float]:
     """Objective-specific metrics since the last call (collective: called on every rank at log steps)."""
     return pop_metrics() if cfg.stage.objective == "dpo" else {}
+
+
+def eval_metrics(cfg: Config) -> dict[str, float]:
+    """Objective-specific metrics of the evaluation just run, as `val/...` (collective, like step_metrics)."""
+    return {f"val/{k}": v for k, v in pop_metrics("val").items()} if cfg.stage.objective == "dpo" else {}
 
 
 def validate_post(cfg: Config, dp: int | None = None) -> None:

@@ -31,6 +31,9 @@ function call. The pieces:
   logged `loss` is that mean; the DPO metrics (rewards, accuracy, log-probs) travel the same way in a
   side channel `pop_metrics()` reads at log time (the loop's StepResult carries only the loss).
   Context parallelism is not supported here (sequence sums would need a CP all-reduce).
+- Held-out pairs (`post.dpo.valid_prefix`) get their own reference table (cache `reference_logps_val.pt`)
+  and a PairRows whose batches say `metrics_scope="val"`: the loop's evaluation logs `val_loss` (the mean
+  DPO loss) and `val/rewards/...` from `pop_metrics("val")`, apart from the training metrics.
 """
 
 from __future__ import annotations
@@ -60,15 +63,17 @@ log = logging.getLogger("megatron_qwen.train")
 
 METRICS = ("loss/dpo", "loss/sft", "rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy",
            "logps/chosen", "logps/rejected")
-_pending: list[torch.Tensor] = []  # per micro-batch [pairs, metric sums...] since the last pop_metrics()
+# Per micro-batch [pairs, metric sums...] since the last pop_metrics(scope): "train" steps, "val" evaluations.
+_pending: dict[str, list[torch.Tensor]] = {"train": [], "val": []}
 
 
 class PairRows:
     """Sample-indexed view of a PreferenceDataset (see the module doc): sequences of [2B, S] blocks, or packed rows."""
 
     def __init__(self, pairs: PreferenceDataset, seq_length: int, pad_id: int, dpo, shuffle: bool, seed: int,
-                 packed: bool = False):
+                 packed: bool = False, scope: str = "train"):
         self.pairs, self.seq_length, self.pad_id, self.packed = pairs, seq_length, pad_id, packed
+        self.scope = scope  # where the loss function's metrics go: "train", or "val" for held-out pairs
         self.hparams = {"beta": dpo.beta, "label_smoothing": dpo.label_smoothing, "sft_weight": dpo.sft_weight}
         n = len(pairs)
         if n == 0:
@@ -134,6 +139,7 @@ class PairRows:
         ref = self.reference[ids] if self.reference is not None else torch.zeros(len(ids), 2, dtype=torch.float64)
         batch["reference_logps"] = torch.cat([ref[:, 0], ref[:, 1]]).float()  # sequence order: chosen, then rejected
         batch["dpo"] = self.hparams
+        batch["metrics_scope"] = self.scope
         return batch
 
     def reference_groups(self, micro_batch_size: int, dp_rank: int, dp: int) -> list[list[int]]:
@@ -175,7 +181,7 @@ def dpo_loss_func(batch: dict, output_tensor: torch.Tensor):
     out = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], chosen_tokens=counts[:b], **batch["dpo"])
     total = out.loss * b
     sums = [float(b)] + [float(out.metrics[k]) * b if k in out.metrics else 0.0 for k in METRICS]
-    _pending.append(torch.tensor(sums, dtype=torch.float64))
+    _pending[batch.get("metrics_scope", "train")].append(torch.tensor(sums, dtype=torch.float64))
     report = torch.stack([total.detach(), torch.tensor(float(b), device=total.device)])
     return total, torch.tensor(b, dtype=torch.int, device=total.device), {"lm loss": report}
 
@@ -196,13 +202,14 @@ def _reference_step(data_iterator, model):
     return _forward(batch, model), partial(_reference_loss_func, batch)
 
 
-def pop_metrics() -> dict[str, float]:
-    """Mean DPO metrics over the pairs trained since the last call (every rank must call it together)."""
+def pop_metrics(scope: str = "train") -> dict[str, float]:
+    """Mean DPO metrics over the pairs of `scope` ("train": trained since the last call; "val": the last
+    evaluation) — a collective: every rank must call it together."""
     totals = torch.zeros(1 + len(METRICS), dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
-        for t in _pending:
+        for t in _pending[scope]:
             totals += t
-    _pending.clear()
+    _pending[scope].clear()
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
     dist.broadcast(totals, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                    group=parallel_state.get_pipeline_model_parallel_group())
@@ -242,15 +249,18 @@ def compute_reference_logps(chunks, rows: PairRows, micro_batch_size: int, round
     return table
 
 
-def _cache_path(cfg: Config) -> Path | None:
+def _cache_path(cfg: Config, scope: str) -> Path | None:
+    name = "reference_logps.pt" if scope == "train" else f"reference_logps_{scope}.pt"
     if cfg.post.dpo.reference_cache:
-        return Path(cfg.post.dpo.reference_cache)
-    return Path(cfg.checkpoint.dir) / "reference_logps.pt" if cfg.checkpoint.dir else None
+        path = Path(cfg.post.dpo.reference_cache)
+        return path if scope == "train" else path.with_name(f"{path.stem}_{scope}{path.suffix}")
+    return Path(cfg.checkpoint.dir) / name if cfg.checkpoint.dir else None
 
 
-def _meta(cfg: Config, rows: PairRows) -> dict:
-    return {"data": str(Path(str(cfg.data.blend[-1]).removesuffix("_text_document")).resolve()), "pairs": len(rows.pairs),
-            "seq_length": cfg.data.seq_length, "init_path": cfg.checkpoint.init_path, "pad_id": rows.pad_id, "packed": rows.packed}
+def _meta(cfg: Config, rows: PairRows, prefix: str) -> dict:
+    return {"data": str(Path(str(prefix).removesuffix("_text_document")).resolve()), "pairs": len(rows.pairs),
+            "seq_length": cfg.data.seq_length, "init_path": cfg.checkpoint.init_path, "pad_id": rows.pad_id,
+            "packed": rows.packed}
 
 
 def _reference_model(cfg: Config):
@@ -269,27 +279,41 @@ def _reference_model(cfg: Config):
     return chunks
 
 
-def build_dpo_source(cfg: Config, chunks, resumed: bool) -> PairRows:
-    """The pair source with its reference table: from the cache, or computed now (see the module doc)."""
+def build_dpo_sources(cfg: Config, chunks, resumed: bool) -> tuple[PairRows, PairRows | None]:
+    """(train, held-out) pair sources with their reference tables; held-out only with post.dpo.valid_prefix."""
+    reference = {"chunks": None if resumed else chunks}  # a resumed run reloads the start weights once, lazily
+
+    def ref_chunks():
+        if reference["chunks"] is None:
+            reference["chunks"] = _reference_model(cfg)
+        return reference["chunks"]
+
+    train = _pair_source(cfg, cfg.data.blend[-1], "train", ref_chunks, resumed)
+    valid = None
+    if cfg.post.dpo.valid_prefix:
+        valid = _pair_source(cfg, cfg.post.dpo.valid_prefix, "val", ref_chunks, resumed)
+    return train, valid
+
+
+def _pair_source(cfg: Config, prefix: str, scope: str, ref_chunks, resumed: bool) -> PairRows:
+    """One pair source with its reference table: from the cache, or computed now (see the module doc)."""
     from megatron_qwen.training.post.sft import dataset_prefix
 
-    prefix = dataset_prefix(cfg.data.blend[-1])
     pad = cfg.post.pad_token_id if cfg.post.pad_token_id is not None else cfg.data.eod_token_id
-    rows = PairRows(PreferenceDataset(prefix), cfg.data.seq_length, pad, cfg.post.dpo, cfg.post.shuffle, cfg.seed,
-                    packed=cfg.data.packed_sequences)
-    path, meta = _cache_path(cfg), _meta(cfg, rows)
+    shuffle = cfg.post.shuffle and scope == "train"  # held-out pairs are evaluated in their stored order
+    rows = PairRows(PreferenceDataset(dataset_prefix(prefix)), cfg.data.seq_length, pad, cfg.post.dpo, shuffle,
+                    cfg.seed, packed=cfg.data.packed_sequences, scope=scope)
+    path, meta = _cache_path(cfg, scope), _meta(cfg, rows, prefix)
     cached = torch.load(path, weights_only=False) if path and path.exists() else None
     if cached is not None and cached["meta"] == meta:
-        log.info("reference log-probs of %d pairs from %s", len(rows.pairs), path)
+        log.info("reference log-probs of %d %s pairs from %s", len(rows.pairs), scope, path)
         rows.reference = cached["logps"]
         return rows
     if cached is not None and not resumed:
         log.warning("%s was computed for %s, not %s: recomputing", path, cached["meta"], meta)
-    log.info("reference log-probs of %d pairs: one forward-only pass of the %s", len(rows.pairs),
+    log.info("reference log-probs of %d %s pairs: one forward-only pass of the %s", len(rows.pairs), scope,
              "start weights (reloaded)" if resumed else "policy before its first update")
-    ref_chunks = _reference_model(cfg) if resumed else chunks
-    rows.reference = compute_reference_logps(ref_chunks, rows, cfg.train.micro_batch_size)
-    del ref_chunks
+    rows.reference = compute_reference_logps(ref_chunks(), rows, cfg.train.micro_batch_size)
     if path and dist.get_rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")

@@ -128,7 +128,7 @@ def _packed_vs_padded(prefix: str) -> dict:
                 output, loss_func = dpo_mod.dpo_forward_step(iter([rows.batch_of_pairs(row)]), chunk)
                 total, count, _ = loss_func(output)
                 losses[name].append((float(total), int(count)))
-    dpo_mod._pending.clear()
+    dpo_mod._pending["train"].clear()
     return {"tables": tables, "losses": losses, "rows": [len(r) for r in packed.rows]}
 
 

@@ -80,7 +80,7 @@ def test_dpo_loss_func_returns_pairs_as_the_count():
     ref = torch.randn(2 * b)
     batch = {"loss_mask": mask, "reference_logps": ref, "num_pairs": b,
              "dpo": {"beta": 0.5, "label_smoothing": 0.1, "sft_weight": 0.2}}
-    dpo_mod._pending.clear()
+    dpo_mod._pending["train"].clear()
     total, count, report = dpo_mod.dpo_loss_func(batch, nll)
     logps = -(nll * mask).sum(-1)
     want = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], beta=0.5, label_smoothing=0.1, sft_weight=0.2,
@@ -88,8 +88,13 @@ def test_dpo_loss_func_returns_pairs_as_the_count():
     assert int(count) == b
     assert float(total.detach()) == pytest.approx(float(want.loss) * b, rel=1e-6)
     assert report["lm loss"].tolist() == pytest.approx([float(want.loss) * b, b], rel=1e-6)
-    assert len(dpo_mod._pending) == 1 and float(dpo_mod._pending[0][0]) == b
-    dpo_mod._pending.clear()
+    assert len(dpo_mod._pending["train"]) == 1 and float(dpo_mod._pending["train"][0][0]) == b
+    # A held-out batch's metrics go to the "val" scope and leave the training metrics alone.
+    dpo_mod.dpo_loss_func({**batch, "metrics_scope": "val"}, nll)
+    assert len(dpo_mod._pending["train"]) == 1 and len(dpo_mod._pending["val"]) == 1
+    assert torch.equal(dpo_mod._pending["val"][0], dpo_mod._pending["train"][0])
+    dpo_mod._pending["train"].clear()
+    dpo_mod._pending["val"].clear()
 
 
 def post_cfg(objective: str, **kw) -> Config:
