@@ -93,7 +93,7 @@ class _EncodedFiles:
         self.clipped = [False] * n
         if tok.line_start_is_boundary:
             self.cuts = [last_line_start(t) for t in texts]
-            clip = [None] * n if limit is None else [_clip_point(t, limit) for t in texts]
+            clip = [None] * n if limit is None else [_clip_point(t, limit, q) for t, q in zip(texts, self.cuts)]
             heads = [t[:c] if c is not None else t[:q] for t, q, c in zip(texts, self.cuts, clip)]
             tails = [t[q:] + "\n" for t, q, c in zip(texts, self.cuts, clip) if c is None]
             arrays = tok.encode_raw_batch_np(heads + tails)
@@ -153,12 +153,13 @@ class _EncodedFiles:
 CLIP_CHARS_PER_TOKEN = 8  # code averages 3-4 characters per token; the margin makes re-encoding rare
 
 
-def _clip_point(text: str, limit: int) -> int | None:
-    """A line start past CLIP_CHARS_PER_TOKEN x limit characters (before the last line), or None."""
+def _clip_point(text: str, limit: int, last_line: int) -> int | None:
+    """A line start past CLIP_CHARS_PER_TOKEN x limit characters, up to `last_line` (the last line's start),
+    or None."""
     if len(text) <= CLIP_CHARS_PER_TOKEN * limit:
         return None
-    q = _first_line_start_in(text, CLIP_CHARS_PER_TOKEN * limit, len(text))
-    return q if q is not None and q <= last_line_start(text) else None
+    q = _first_line_start_in(text, CLIP_CHARS_PER_TOKEN * limit, last_line)
+    return q if q is not None and q <= last_line else None
 
 
 def _line_start(text: str, q: int) -> bool:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -250,11 +250,12 @@ def compute_reference_logps(chunks, rows: PairRows, micro_batch_size: int, round
 
 
 def _cache_path(cfg: Config, scope: str) -> Path | None:
-    name = "reference_logps.pt" if scope == "train" else f"reference_logps_{scope}.pt"
-    if cfg.post.dpo.reference_cache:
-        path = Path(cfg.post.dpo.reference_cache)
-        return path if scope == "train" else path.with_name(f"{path.stem}_{scope}{path.suffix}")
-    return Path(cfg.checkpoint.dir) / name if cfg.checkpoint.dir else None
+    """post.dpo.reference_cache (default checkpoint.dir/reference_logps.pt); held-out pairs add `_val`."""
+    ref, ck = cfg.post.dpo.reference_cache, cfg.checkpoint.dir
+    base = Path(ref) if ref else (Path(ck) / "reference_logps.pt" if ck else None)
+    if base is None or scope == "train":
+        return base
+    return base.with_name(f"{base.stem}_{scope}{base.suffix}")
 
 
 def _meta(cfg: Config, rows: PairRows, prefix: str) -> dict:
@@ -281,13 +282,9 @@ def _reference_model(cfg: Config):
 
 def build_dpo_sources(cfg: Config, chunks, resumed: bool) -> tuple[PairRows, PairRows | None]:
     """(train, held-out) pair sources with their reference tables; held-out only with post.dpo.valid_prefix."""
-    reference = {"chunks": None if resumed else chunks}  # a resumed run reloads the start weights once, lazily
-
-    def ref_chunks():
-        if reference["chunks"] is None:
-            reference["chunks"] = _reference_model(cfg)
-        return reference["chunks"]
-
+    # The reference is the policy before its first update; a resumed run reloads the start weights (once, and
+    # only if some table is not cached).
+    ref_chunks = cache(lambda: _reference_model(cfg)) if resumed else (lambda: chunks)
     train = _pair_source(cfg, cfg.data.blend[-1], "train", ref_chunks, resumed)
     valid = None
     if cfg.post.dpo.valid_prefix:
