@@ -30,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_qwen.data.preprocess import run  # noqa: E402
-from megatron_qwen.data.preprocess_cli import build_parser  # noqa: E402
-from megatron_qwen.data.tokenizer import load_tokenizer  # noqa: E402
+from megatron_qwen.data.preprocess.cli import build_parser  # noqa: E402
+from megatron_qwen.data.preprocess.pipeline import run  # noqa: E402
+from megatron_qwen.data.tokenizer.qwen import load_tokenizer  # noqa: E402
 
 TARGETS = {"plain": 0.7, "file": 0.6, "repo": 0.6}
 

@@ -8,6 +8,7 @@ data/, training/, launch/), but they live here so the whole tree can be read in 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,3 +359,15 @@ def from_dictconfig(cfg: Any) -> Config:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+
+
+def model_config_to_dict(model: ModelConfig) -> dict:
+    """A ModelConfig as plain JSON-able values (the record a checkpoint carries)."""
+    return dataclasses.asdict(model)
+
+
+def model_config_from_dict(d: dict) -> ModelConfig:
+    """The inverse of model_config_to_dict."""
+    d = dict(d)
+    d["yarn"] = YarnConfig(**d.get("yarn", {}))
+    return ModelConfig(**d)

@@ -1,4 +1,4 @@
-"""Shared test fixtures: the real Qwen tokenizer (through QWEN_TOKENIZER_DIR) and free ports."""
+"""Shared test fixtures: the real Qwen tokenizer (through QWEN_TOKENIZER_DIR), a small trained one, free ports."""
 
 import os
 import socket
@@ -24,3 +24,33 @@ def qwen_tokenizer_dir() -> Path:
     if not (path / "vocab.json").is_file():
         pytest.skip(f"QWEN_TOKENIZER_DIR={path} has no vocab.json")
     return path
+
+
+@pytest.fixture(scope="session")
+def qwen(qwen_tokenizer_dir):
+    """The real Qwen2.5-Coder tokenizer with its verified fast path (loaded once per session)."""
+    from megatron_qwen.data.tokenizer.qwen import load_tokenizer
+
+    return load_tokenizer(qwen_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tok(qwen_tokenizer_dir):
+    """The real tokenizer with Hugging Face's raw encoder (fast=False): the reference the fast path is proven
+    identical to at load time, and it loads in about a second instead of several."""
+    from megatron_qwen.data.tokenizer.qwen import load_tokenizer
+
+    return load_tokenizer(qwen_tokenizer_dir, fast=False)
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer_dir(tmp_path_factory) -> Path:
+    """A 600-entry Qwen2-shaped BPE trained on two stdlib modules (+ Qwen2.5-Coder's 22 added tokens)."""
+    import sysconfig
+
+    from megatron_qwen.data.tokenizer.train import save_hf, train_bpe
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [(stdlib / name).read_text(encoding="utf-8") for name in ("json/decoder.py", "textwrap.py")]
+    out = tmp_path_factory.mktemp("small_tokenizer")
+    return save_hf(train_bpe(texts, vocab_size=600), out)

@@ -3,7 +3,7 @@
 1. a corpus from code already on this machine (the Python standard library: files, packages as
    repositories, docstrings as text, generated arithmetic as math, a few chats and preference pairs);
 2. a small Qwen-style tokenizer trained on it (Qwen2's pre-tokenizer regex, the same added tokens);
-3. indexed datasets with `tools/preprocess_data.py` (file-level FIM, repo packing with repo-level FIM,
+3. indexed datasets with `megatron-qwen preprocess` (file-level FIM, repo packing with repo-level FIM,
    text and math);
 4. stage 1 (file-level, 70:20:10 blend) and stage 2 (repo-level, longer context, RoPE base 1e6, from
    stage 1's weights), then stage 3: coarse SFT (with a 10% share of tree-sitter AST-FIM samples), fine
@@ -40,14 +40,15 @@ def run(cmd: list[str], env: dict | None = None) -> None:
 
 
 def tool(name: str) -> list[str]:
-    return [sys.executable, str(ROOT / "tools" / name)]
+    """`megatron-qwen <name>` through this interpreter (the same as the installed script)."""
+    return [sys.executable, "-m", "megatron_qwen", name]
 
 
 def make_tokenizer(out: Path) -> Path:
     tok = out / "tokenizer"
     if not (tok / "tokenizer.json").exists():
         stdlib = Path(sysconfig.get_paths()["stdlib"])
-        run(tool("train_tokenizer.py") + ["--input", stdlib / "json", stdlib / "email", stdlib / "http",
+        run(tool("train-tokenizer") + ["--input", stdlib / "json", stdlib / "email", stdlib / "http",
                                           stdlib / "asyncio", out / "corpus" / "text.jsonl",
                                           "--output-dir", tok, "--vocab-size", VOCAB])
     return tok
@@ -68,13 +69,13 @@ def preprocess(out: Path, tok: Path) -> Path:
     ]
     for prefix, args in jobs:
         if not (data / f"{prefix}_text_document.idx").exists():
-            run(tool("preprocess_data.py") + args + ["--output-prefix", data / prefix] + common)
+            run(tool("preprocess") + args + ["--output-prefix", data / prefix] + common)
     return data
 
 
 def tokenizer_ids(tok: Path) -> tuple[int, int]:
     """(padded vocabulary for the model, EOD id) of the demo tokenizer."""
-    from megatron_qwen.data.tokenizer import load_tokenizer
+    from megatron_qwen.data.tokenizer.qwen import load_tokenizer
 
     t = load_tokenizer(tok)
     padded = -(-t.vocab_size // 128) * 128  # a multiple of 128 keeps the shape at any TP size
@@ -83,7 +84,7 @@ def tokenizer_ids(tok: Path) -> tuple[int, int]:
 
 def train_stage(out: Path, experiment: str, stage: str, extra: list[str], env: dict) -> Path:
     run_dir = out / "runs" / stage
-    run([sys.executable, "-m", "megatron_qwen.launch", "--run-dir", run_dir, f"experiment={experiment}",
+    run([sys.executable, "-m", "megatron_qwen", "launch", "--run-dir", run_dir, f"experiment={experiment}",
          "cluster=local", "cluster.tasks_per_node=2", *extra], env=env)
     return run_dir / "train"
 

@@ -16,7 +16,7 @@ all=stage1_file_pretrain,stage2_repo_pretrain,stage3_long_context,stage4_sft_coa
 stages="experiment=$(echo "${STAGES:-$all}" | sed 's/,/,experiment=/g')"
 image="${IMAGE:-/images/megatron_qwen.sqsh}"
 case "$image" in *'#'*) image="'$image'" ;; esac  # registry#image needs Hydra quoting
-exec python -m megatron_qwen.launch \
+exec megatron-qwen launch \
   --config-dir examples/qwen25_coder_7b \
   --run-dir "${RUNS:-/checkpoints}/qwen25_coder_7b" \
   --stages "$stages" \

@@ -1,6 +1,6 @@
 #!/bin/bash
 # megatron_qwen stage 1/6: stage1_file_pretrain
-# Rendered by: python -m megatron_qwen.launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
+# Rendered by: megatron-qwen launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
 # Resolved config: /checkpoints/qwen25_coder_7b/stage1_file_pretrain/config.yaml
 # Submitted with: sbatch --parsable /checkpoints/qwen25_coder_7b/stage1_file_pretrain/job.sbatch
 #SBATCH --job-name=qwen25_coder_7b-stage1_file_pretrain
@@ -55,7 +55,7 @@ srun \
   --container-image=/images/megatron_qwen.sqsh \
   --container-mounts=/checkpoints:/checkpoints,/data:/data \
   --container-workdir=/path/to/megatron_qwen \
-  python -m megatron_qwen.train \
+  python -m megatron_qwen train \
   --config-path=/checkpoints/qwen25_coder_7b/stage1_file_pretrain \
   --config-name=config \
   hydra.run.dir=/checkpoints/qwen25_coder_7b/stage1_file_pretrain \
@@ -87,7 +87,7 @@ exit 0
 
 #!/bin/bash
 # megatron_qwen stage 2/6: stage2_repo_pretrain
-# Rendered by: python -m megatron_qwen.launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
+# Rendered by: megatron-qwen launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
 # Resolved config: /checkpoints/qwen25_coder_7b/stage2_repo_pretrain/config.yaml
 # Submitted with: sbatch --parsable --dependency=afterok:<job id of stage1_file_pretrain> --kill-on-invalid-dep=yes /checkpoints/qwen25_coder_7b/stage2_repo_pretrain/job.sbatch
 #SBATCH --job-name=qwen25_coder_7b-stage2_repo_pretrain
@@ -142,7 +142,7 @@ srun \
   --container-image=/images/megatron_qwen.sqsh \
   --container-mounts=/checkpoints:/checkpoints,/data:/data \
   --container-workdir=/path/to/megatron_qwen \
-  python -m megatron_qwen.train \
+  python -m megatron_qwen train \
   --config-path=/checkpoints/qwen25_coder_7b/stage2_repo_pretrain \
   --config-name=config \
   hydra.run.dir=/checkpoints/qwen25_coder_7b/stage2_repo_pretrain \
@@ -174,7 +174,7 @@ exit 0
 
 #!/bin/bash
 # megatron_qwen stage 3/6: stage3_long_context
-# Rendered by: python -m megatron_qwen.launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
+# Rendered by: megatron-qwen launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
 # Resolved config: /checkpoints/qwen25_coder_7b/stage3_long_context/config.yaml
 # Submitted with: sbatch --parsable --dependency=afterok:<job id of stage2_repo_pretrain> --kill-on-invalid-dep=yes /checkpoints/qwen25_coder_7b/stage3_long_context/job.sbatch
 #SBATCH --job-name=qwen25_coder_7b-stage3_long_context
@@ -229,7 +229,7 @@ srun \
   --container-image=/images/megatron_qwen.sqsh \
   --container-mounts=/checkpoints:/checkpoints,/data:/data \
   --container-workdir=/path/to/megatron_qwen \
-  python -m megatron_qwen.train \
+  python -m megatron_qwen train \
   --config-path=/checkpoints/qwen25_coder_7b/stage3_long_context \
   --config-name=config \
   hydra.run.dir=/checkpoints/qwen25_coder_7b/stage3_long_context \
@@ -261,7 +261,7 @@ exit 0
 
 #!/bin/bash
 # megatron_qwen stage 4/6: stage4_sft_coarse
-# Rendered by: python -m megatron_qwen.launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
+# Rendered by: megatron-qwen launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
 # Resolved config: /checkpoints/qwen25_coder_7b/stage4_sft_coarse/config.yaml
 # Submitted with: sbatch --parsable --dependency=afterok:<job id of stage3_long_context> --kill-on-invalid-dep=yes /checkpoints/qwen25_coder_7b/stage4_sft_coarse/job.sbatch
 #SBATCH --job-name=qwen25_coder_7b-stage4_sft_coarse
@@ -316,7 +316,7 @@ srun \
   --container-image=/images/megatron_qwen.sqsh \
   --container-mounts=/checkpoints:/checkpoints,/data:/data \
   --container-workdir=/path/to/megatron_qwen \
-  python -m megatron_qwen.train \
+  python -m megatron_qwen train \
   --config-path=/checkpoints/qwen25_coder_7b/stage4_sft_coarse \
   --config-name=config \
   hydra.run.dir=/checkpoints/qwen25_coder_7b/stage4_sft_coarse \
@@ -348,7 +348,7 @@ exit 0
 
 #!/bin/bash
 # megatron_qwen stage 5/6: stage5_sft_fine
-# Rendered by: python -m megatron_qwen.launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
+# Rendered by: megatron-qwen launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
 # Resolved config: /checkpoints/qwen25_coder_7b/stage5_sft_fine/config.yaml
 # Submitted with: sbatch --parsable --dependency=afterok:<job id of stage4_sft_coarse> --kill-on-invalid-dep=yes /checkpoints/qwen25_coder_7b/stage5_sft_fine/job.sbatch
 #SBATCH --job-name=qwen25_coder_7b-stage5_sft_fine
@@ -403,7 +403,7 @@ srun \
   --container-image=/images/megatron_qwen.sqsh \
   --container-mounts=/checkpoints:/checkpoints,/data:/data \
   --container-workdir=/path/to/megatron_qwen \
-  python -m megatron_qwen.train \
+  python -m megatron_qwen train \
   --config-path=/checkpoints/qwen25_coder_7b/stage5_sft_fine \
   --config-name=config \
   hydra.run.dir=/checkpoints/qwen25_coder_7b/stage5_sft_fine \
@@ -435,7 +435,7 @@ exit 0
 
 #!/bin/bash
 # megatron_qwen stage 6/6: stage6_dpo
-# Rendered by: python -m megatron_qwen.launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
+# Rendered by: megatron-qwen launch --config-dir examples/qwen25_coder_7b --run-dir /checkpoints/qwen25_coder_7b --stages experiment=stage1_file_pretrain,experiment=stage2_repo_pretrain,experiment=stage3_long_context,experiment=stage4_sft_coarse,experiment=stage5_sft_fine,experiment=stage6_dpo cluster.partition=h100 cluster.account=myproject cluster.container_image=/images/megatron_qwen.sqsh 'cluster.container_mounts=[/checkpoints:/checkpoints,/data:/data]' --dry-run
 # Resolved config: /checkpoints/qwen25_coder_7b/stage6_dpo/config.yaml
 # Submitted with: sbatch --parsable --dependency=afterok:<job id of stage5_sft_fine> --kill-on-invalid-dep=yes /checkpoints/qwen25_coder_7b/stage6_dpo/job.sbatch
 #SBATCH --job-name=qwen25_coder_7b-stage6_dpo
@@ -490,7 +490,7 @@ srun \
   --container-image=/images/megatron_qwen.sqsh \
   --container-mounts=/checkpoints:/checkpoints,/data:/data \
   --container-workdir=/path/to/megatron_qwen \
-  python -m megatron_qwen.train \
+  python -m megatron_qwen train \
   --config-path=/checkpoints/qwen25_coder_7b/stage6_dpo \
   --config-name=config \
   hydra.run.dir=/checkpoints/qwen25_coder_7b/stage6_dpo \

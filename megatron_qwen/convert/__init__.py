@@ -26,7 +26,7 @@ Checkpoint layout (what import-hf writes and the trainer loads):
   Weights keep the HF dtype (bf16 for published checkpoints); loading casts to the model's dtype.
 """
 
-from megatron_qwen.convert.ckpt_io import (
+from megatron_qwen.checkpointing.weights import (
     load_model_checkpoint,
     model_state,
     read_record,

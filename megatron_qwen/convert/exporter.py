@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from megatron_qwen.checkpointing.weights import read_record
 from megatron_qwen.config import ModelConfig
 from megatron_qwen.convert import mapping
-from megatron_qwen.convert.ckpt_io import read_record
 from megatron_qwen.convert.hf_config import hf_config_from_model
 from megatron_qwen.convert.hf_files import PlannedTensor, ShardedSafetensorsWriter
 

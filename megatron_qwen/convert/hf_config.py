@@ -9,7 +9,6 @@ with both spellings, which transformers 4.x and 5.x read to the same configurati
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -185,13 +184,3 @@ def read_hf_config(hf_dir: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise HFConfigError(f"{path}: not valid JSON ({e})") from e
-
-
-def model_config_to_dict(model: ModelConfig) -> dict:
-    return dataclasses.asdict(model)
-
-
-def model_config_from_dict(d: dict) -> ModelConfig:
-    d = dict(d)
-    d["yarn"] = YarnConfig(**d.get("yarn", {}))
-    return ModelConfig(**d)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from megatron_qwen.checkpointing.weights import model_state, write_record
 from megatron_qwen.config import ModelConfig, ParallelConfig, validate_model_parallel
 from megatron_qwen.convert import mapping
-from megatron_qwen.convert.ckpt_io import model_state, write_record
 from megatron_qwen.convert.hf_config import HFConfigError, model_config_from_hf, read_hf_config
 from megatron_qwen.convert.hf_files import WeightFileError, open_hf_weights
 

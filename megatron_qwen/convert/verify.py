@@ -89,8 +89,9 @@ def megatron_outputs_in_group(ckpt_dir, tokens: torch.Tensor, chunks=None):
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from megatron_qwen.checkpointing.weights import load_model_checkpoint, read_record
     from megatron_qwen.config import ParallelConfig
-    from megatron_qwen.convert.ckpt_io import load_model_checkpoint, read_record
+    from megatron_qwen.model.batch import causal_mask
     from megatron_qwen.model.build import build_model
 
     model, _ = read_record(ckpt_dir)
@@ -111,7 +112,7 @@ def megatron_outputs_in_group(ckpt_dir, tokens: torch.Tensor, chunks=None):
             "tokens": row[None, :-1].contiguous(),
             "labels": row[None, 1:].contiguous(),
             "position_ids": torch.arange(seq)[None],
-            "attention_mask": torch.ones(1, 1, seq, seq, dtype=torch.bool).triu(1),
+            "attention_mask": causal_mask(seq),
         }
         for row in tokens
     ]
@@ -135,8 +136,8 @@ def megatron_outputs_in_group(ckpt_dir, tokens: torch.Tensor, chunks=None):
 
 def _megatron_worker(ckpt_dir, tokens, tp, pp):
     tokens = torch.as_tensor(tokens)
+    from megatron_qwen.checkpointing.weights import read_record
     from megatron_qwen.config import ParallelConfig
-    from megatron_qwen.convert.ckpt_io import read_record
     from megatron_qwen.platform import init_distributed
 
     model, _ = read_record(ckpt_dir)
@@ -166,7 +167,7 @@ def compare(ref: tuple[torch.Tensor, torch.Tensor], got: tuple[torch.Tensor, tor
 def verify(hf_dir, ckpt_dir, tp: int = 1, pp: int = 1, batch: int = 2, seq: int = 32, seed: int = 1234,
            tolerance: float = DEFAULT_TOLERANCE) -> VerifyResult:
     """Run both models on the same random token batch; see the module docstring."""
-    from megatron_qwen.convert.ckpt_io import read_record
+    from megatron_qwen.checkpointing.weights import read_record
     from megatron_qwen.convert.importer import run_single_process
 
     model, facts = read_record(ckpt_dir)

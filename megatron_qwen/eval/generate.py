@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state
 
+from megatron_qwen.model.batch import causal_mask
+
 
 @torch.no_grad()
 def greedy_generate(model, prompt: list[int], max_new_tokens: int, stop_ids: frozenset[int] = frozenset()) -> list[int]:
@@ -23,7 +25,7 @@ def greedy_generate(model, prompt: list[int], max_new_tokens: int, stop_ids: fro
     out: list[int] = []
     for _ in range(max_new_tokens):
         n = ids.shape[1]
-        mask = torch.ones(1, 1, n, n, dtype=torch.bool, device=device).triu(1)
+        mask = causal_mask(n, device)
         logits = model(ids, torch.arange(n, device=device)[None], mask)
         token = int(logits[0, -1].argmax())
         out.append(token)

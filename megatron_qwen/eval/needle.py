@@ -8,7 +8,7 @@ as a heatmap PNG (depth × length, accuracy), each written to a temporary name a
 
 The grid is model-agnostic: it takes `encode(text) -> ids`, `decode(ids) -> text` and
 `generate(prompt_ids, max_new_tokens) -> ids`; `megatron_qwen.eval.generate` supplies the last for a
-megatron-core GPTModel and `tools/needle.py` wires a checkpoint and a tokenizer to it.
+megatron-core GPTModel and `megatron-qwen needle` wires a checkpoint and a tokenizer to it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""`python -m megatron_qwen.launch` (or tools/launch.py): a Hydra experiment in, Slurm jobs out.
+"""`megatron-qwen launch` (or megatron-qwen launch): a Hydra experiment in, Slurm jobs out.
 
-    python -m megatron_qwen.launch [--stages a,b,c] [--run-dir DIR] [--dry-run] [--after JOB] key=value ...
+    megatron-qwen launch [--stages a,b,c] [--run-dir DIR] [--dry-run] [--after JOB] key=value ...
 
 The experiment is composed and checked here on the login node; each stage's resolved config is saved in
 <run-dir>/<stage>/config.yaml beside its job script; the stages are submitted in order, each with
@@ -37,9 +37,9 @@ from megatron_qwen.launch.submit import SubmitError, submit, write_script
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m megatron_qwen.launch",
+        prog="megatron-qwen launch",
         description="Resolve a Hydra experiment and run it as chained Slurm jobs (or locally).",
-        epilog="Example: python -m megatron_qwen.launch experiment=qwen25_coder_7b cluster=slurm "
+        epilog="Example: megatron-qwen launch experiment=qwen25_coder_7b cluster=slurm "
         "cluster.partition=h100 --stages file_pretrain,repo_pretrain,long_context --dry-run",
     )
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=NAME cluster=slurm key=value")
@@ -123,7 +123,7 @@ def run_slurm(stages: list[Stage], run_dir: Path, args: argparse.Namespace, comm
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join(["python", "-m", "megatron_qwen.launch", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["megatron-qwen", "launch", *(sys.argv[1:] if argv is None else argv)])
     run_dir = (args.run_dir or default_run_dir(args.overrides)).resolve()
     names = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
     try:

@@ -2,7 +2,7 @@
 
 Validation happens on the login node, before anything is written or submitted, so a bad partition
 layout or a signal lead longer than the time limit fails in a second rather than after hours in the
-queue. Errors name the fields and the fix, like the rest of the config tree (DESIGN §5.1).
+queue. Errors name the fields and the fix, like the rest of the config tree (config.py).
 """
 
 from __future__ import annotations

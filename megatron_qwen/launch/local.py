@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 from megatron_qwen.launch.cluster import tasks_per_node
-from megatron_qwen.launch.sbatch import FINISHED_ENV
 from megatron_qwen.launch.stages import Stage
+from megatron_qwen.training.preemption import FINISHED_ENV
 
 
 def local_command(stage: Stage) -> list[str]:

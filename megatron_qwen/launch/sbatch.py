@@ -20,8 +20,7 @@ from pathlib import Path
 
 from megatron_qwen.config import ClusterConfig
 from megatron_qwen.launch.cluster import tasks_per_node
-
-FINISHED_ENV = "MEGATRON_QWEN_FINISHED_FILE"
+from megatron_qwen.training.preemption import FINISHED_ENV
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class JobSpec:
     stage_dir: Path  # holds config.yaml, job.sbatch and the FINISHED marker
     log_dir: Path  # one stdout and one stderr file per job: <stage>-<jobid>.{out,err}
     workdir: Path  # the job's working directory (the directory the launcher ran in)
-    argv: Sequence[str]  # the trainer's arguments after the interpreter, e.g. ["-m", "megatron_qwen.train", ...]
+    argv: Sequence[str]  # the trainer's arguments after the interpreter, e.g. ["-m", "megatron_qwen", "train", ...]
     env: Mapping[str, str] = field(default_factory=dict)  # extra exports (W&B run id, ...)
 
     @property
@@ -88,7 +87,10 @@ def srun_command(cluster: ClusterConfig, job: JobSpec) -> list[list[str]]:
         groups.append([f"--container-workdir={job.workdir}"])
     groups += [[str(a)] for a in c.srun_args]
     argv = list(job.argv)
+    # `python -m module [command]` on one line: the command is the first argument that is not a flag
     program = [c.python] + (argv[:2] if argv[:1] == ["-m"] else [])
+    if len(argv) > 2 and argv[:1] == ["-m"] and not argv[2].startswith("-"):
+        program.append(argv[2])
     groups.append(program)
     groups += [[a] for a in argv[len(program) - 1 :]]
     return groups

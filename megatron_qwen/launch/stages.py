@@ -20,8 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from megatron_qwen.config import ClusterConfig, Config, ConfigError, from_dictconfig, register_configs
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG_DIR = REPO_ROOT / "hydra"
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # shipped inside the package
 DEFAULT_CONFIG_NAME = "config"
 
 
@@ -66,7 +65,7 @@ class Stage:
     def trainer_argv(self) -> list[str]:
         """The trainer started on the saved config; Hydra writes its own files into the stage directory."""
         return [
-            "-m", "megatron_qwen.train",
+            "-m", "megatron_qwen", "train",
             f"--config-path={self.stage_dir}", "--config-name=config",
             f"hydra.run.dir={self.stage_dir}", "hydra.output_subdir=null",
         ]
@@ -80,11 +79,10 @@ def compose(overrides: Sequence[str], config_dir: Path = DEFAULT_CONFIG_DIR,
     any other directory (e.g. examples/qwen25_coder_7b with its `experiment/` files) is searched on top of
     the project's hydra/ tree.
     """
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
     config_dir = config_dir.resolve()
     if not config_dir.is_dir():

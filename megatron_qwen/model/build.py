@@ -17,6 +17,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_qwen.config import ModelConfig, ParallelConfig
 from megatron_qwen.model.specs import block_spec, choose_impl
+from megatron_qwen.platform import on_gpu
 
 
 @dataclasses.dataclass
@@ -36,7 +37,7 @@ def build_transformer_config(
     model: ModelConfig, parallel: ParallelConfig, params_dtype: torch.dtype = torch.float32
 ) -> QwenTransformerConfig:
     impl = choose_impl(model)
-    on_gpu = torch.cuda.is_available()
+    gpu = on_gpu()
     fp8 = {}
     if model.fp8_recipe is not None:
         fp8 = dict(
@@ -80,8 +81,8 @@ def build_transformer_config(
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         # Fused kernels need CUDA (and apex/TE); the unfused paths are numerically the same.
-        bias_activation_fusion=on_gpu and impl == "transformer_engine",
-        bias_dropout_fusion=on_gpu,
+        bias_activation_fusion=gpu and impl == "transformer_engine",
+        bias_dropout_fusion=gpu,
         masked_softmax_fusion=False,
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
@@ -89,9 +90,9 @@ def build_transformer_config(
         # Batched p2p posts send_prev before send_next; with PP=2 both go to the same peer, and gloo
         # matches same-tag messages in posting order, so an activation and a gradient can swap. The
         # unbatched path orders sends and receives by rank parity, which pairs them correctly.
-        batch_p2p_comm=on_gpu,
+        batch_p2p_comm=gpu,
         # Initialize full weights on the CPU then shard: the same model at every TP size.
-        use_cpu_initialization=not on_gpu,
+        use_cpu_initialization=not gpu,
         yarn_rotary_scaling_factor=y.factor if y.enabled else 1.0,  # attention reads it for plain RoPE too
         yarn_original_max_position_embeddings=y.original_max_position_embeddings,
         yarn_beta_fast=y.beta_fast,
@@ -130,7 +131,7 @@ def build_model(
             rotary_base=int(model.rope_theta),
             vp_stage=vp_stage,
         )
-        if not torch.cuda.is_available():
+        if not on_gpu():
             chunk = chunk.to(dtype=params_dtype)
         chunks.append(chunk)
     return chunks

@@ -1,6 +1,6 @@
 """Per-GPU memory plan for a preset, a sequence length and a parallel layout (no GPU needed).
 
-Used by `tools/plan.py` to choose TP/PP/CP for 32K and 128K on 80 GB GPUs. Four parts, per pipeline
+Used by `megatron-qwen plan` to choose TP/PP/CP for 32K and 128K on 80 GB GPUs. Four parts, per pipeline
 stage (the plan reports the most loaded one):
 
 - weights: the exact parameters this rank holds (layers/PP sharded by TP — norms replicated —, the

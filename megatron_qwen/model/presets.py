@@ -1,4 +1,4 @@
-"""The Qwen2.5-Coder presets (Hugging Face config.json values, DESIGN §1) and tiny ones for tests.
+"""The Qwen2.5-Coder presets (Hugging Face config.json values, docs/formats.md) and tiny ones for tests.
 
 Every preset uses SwiGLU, RMSNorm, non-interleaved RoPE with base 1e6, q/k/v bias and no other bias,
 and GQA. `vocab_size` is the padded embedding size of the published checkpoints, so Megatron is told

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 
-import torch
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.backends import LocalSpecProvider
 from megatron.core.models.gpt.gpt_layer_specs import (
@@ -28,6 +27,7 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 from megatron_qwen.config import ModelConfig
 from megatron_qwen.model.attention import LocalCoreAttention
 from megatron_qwen.model.rmsnorm import RMSNorm
+from megatron_qwen.platform import on_gpu
 
 
 def transformer_engine_available() -> bool:
@@ -36,7 +36,7 @@ def transformer_engine_available() -> bool:
 
 def choose_impl(model: ModelConfig) -> str:
     """'transformer_engine' or 'local', honouring model.transformer_impl ('auto' picks by availability)."""
-    te_ready = transformer_engine_available() and torch.cuda.is_available()
+    te_ready = transformer_engine_available() and on_gpu()
     if model.transformer_impl == "auto":
         return "transformer_engine" if te_ready else "local"
     if model.transformer_impl == "transformer_engine" and not te_ready:

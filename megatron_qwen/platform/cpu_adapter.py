@@ -1,7 +1,7 @@
 """The contained adapter that lets megatron-core run on a CPU with the gloo backend.
 
 megatron-core assumes CUDA in a few hundred places. Rather than forking it, we install, once per
-process and only when CUDA is absent, a small set of stand-ins (DESIGN §3):
+process and only when CUDA is absent, a small set of stand-ins (docs/platform.md):
 
 1. `_CudaToCpu`, a `TorchFunctionMode` that rewrites CUDA devices (`"cuda"`, `"cuda:0"`, `0`,
    `torch.device("cuda")`) to the CPU in every torch call made outside autograd's backward (where

@@ -6,6 +6,7 @@ and megatron-core runs untouched; without CUDA the CPU adapter is installed firs
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import torch
@@ -17,12 +18,21 @@ from megatron_qwen.config import (
     derive_data_parallel_size,
     validate_model_parallel,
 )
-from megatron_qwen.launch.env import DistEnv, read_dist_env
 from megatron_qwen.platform import cpu_adapter
+from megatron_qwen.platform.env import DistEnv, read_dist_env
+from megatron_qwen.platform.logs import CPU_SUMMARY
 
 
 def on_gpu() -> bool:
+    """The one place that asks whether this process computes on a CUDA device."""
     return torch.cuda.is_available()
+
+
+def compute_dtype(dtype: str) -> torch.dtype:
+    """Parameter dtype for `train.dtype`: "bf16", "fp32", or "auto" (bf16 on GPU, float32 on CPU)."""
+    if dtype == "bf16" or (dtype == "auto" and on_gpu()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def device() -> torch.device:
@@ -54,6 +64,8 @@ def init_distributed(
     else:
         cpu_adapter.install()
         backend = "gloo"
+        if env.rank == 0:
+            logging.getLogger(__name__).info(CPU_SUMMARY)
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,

@@ -1,5 +1,8 @@
 """Training checkpoints with megatron-core dist_checkpointing: save, rotate, resume, initialize a stage.
 
+`initialize_weights` gives a fresh stage its weights (random, the previous stage's checkpoint, or an HF
+directory imported by the converter the command line hands in); `Checkpointer` decides when to save.
+
 Layout under `checkpoint.dir`:
     iter_0000020/         one complete checkpoint (model + optimizer shards, common.pt, metadata.json
                           with our model record, config.yaml = the resolved run config, rng/rank*.pt)
@@ -24,8 +27,9 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
-from megatron_qwen.config import ModelConfig
-from megatron_qwen.convert.ckpt_io import model_state, write_record
+from megatron_qwen.checkpointing.weights import load_model_checkpoint, model_state, read_record, write_record
+from megatron_qwen.config import Config, ConfigError, ModelConfig
+from megatron_qwen.platform import compute_dtype, on_gpu
 
 log = logging.getLogger(__name__)
 LATEST = "latest"
@@ -50,7 +54,7 @@ def layout_key() -> list[int]:
 def _rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state() if on_gpu() else None}
 
 
 def _set_rng_state(state: dict) -> None:
@@ -58,7 +62,7 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
-    if state["cuda"] is not None and torch.cuda.is_available():
+    if state["cuda"] is not None and on_gpu():
         torch.cuda.set_rng_state(state["cuda"])
 
 
@@ -214,3 +218,73 @@ def load(ckpt: Path, chunks, optimizer, scheduler) -> dict:
         log.warning("%s was saved at layout (world, tp, pp) = %s, now %s: RNG states not restored",
                     ckpt, train_state["layout"], layout_key())
     return train_state
+
+
+ARCHITECTURE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                "kv_channels", "vocab_size", "tie_word_embeddings")
+
+
+def check_architecture(cfg: Config, path: Path) -> None:
+    """The checkpoint's recorded shapes must be the configured model's (RoPE/YaRN/length may change)."""
+    saved, _ = read_record(path)
+    diffs = [f"model.{k}: checkpoint {getattr(saved, k)} vs config {getattr(cfg.model, k)}"
+             for k in ARCHITECTURE if getattr(saved, k) != getattr(cfg.model, k)]
+    if diffs:
+        raise ConfigError(f"checkpoint.init_path={cfg.checkpoint.init_path} has another architecture: "
+                          + "; ".join(diffs))
+
+
+def start_weights_path(cfg: Config, import_hf=None) -> Path | None:
+    """Where a fresh stage's weights come from (None: random). With init_from=hf, `import_hf(hf_dir,
+    out_dir, parallel, dtype)` (the converter's, handed in by the command line) writes them once."""
+    c = cfg.checkpoint
+    if c.init_from == "checkpoint":
+        path = resolve_checkpoint(c.init_path)
+    elif c.init_from == "hf":
+        if import_hf is None:
+            raise ConfigError("checkpoint.init_from=hf needs the HF importer: start training with `megatron-qwen train`")
+        path = Path(c.dir or ".") / "hf_import"
+        if not path.is_dir():
+            import_hf(c.init_path, path, cfg.parallel, compute_dtype(cfg.train.dtype), show_progress=False)
+    else:
+        return None
+    check_architecture(cfg, path)
+    return path
+
+
+def initialize_weights(cfg: Config, chunks, import_hf=None) -> None:
+    """A fresh stage's weights: random (nothing to do), the previous stage's checkpoint, or an HF directory."""
+    path = start_weights_path(cfg, import_hf)
+    if path is not None:
+        log.info("initializing weights from %s (fresh optimizer and schedule)", path)
+        load_model_checkpoint(chunks, path)
+
+
+class Checkpointer:
+    """Saves every `checkpoint.save_interval` steps, on request (a stop signal) and at the end."""
+
+    def __init__(self, cfg: Config, chunks, optimizer, scheduler, config_yaml: str):
+        self.cfg, self.chunks, self.optimizer, self.scheduler = cfg, chunks, optimizer, scheduler
+        self.config_yaml = config_yaml
+        self.run_id: str | None = None  # the W&B run, recorded so a resumed run continues it
+        self.last_saved: int | None = None
+
+    def due(self, step: int) -> bool:
+        c, t = self.cfg.checkpoint, self.cfg.train
+        return bool(c.dir and c.save_interval and step % c.save_interval == 0 and step < t.train_iters)
+
+    def save(self, step: int) -> None:
+        c, t = self.cfg.checkpoint, self.cfg.train
+        if not c.dir or self.last_saved == step:
+            return
+        extra = {"consumed_samples": step * t.global_batch_size, "wandb_id": self.run_id, "stage": self.cfg.stage.name}
+        save(c.dir, step, self.chunks, self.optimizer, self.scheduler, extra, self.cfg.model, self.config_yaml,
+             c.keep_last)
+        self.last_saved = step
+
+    def maybe_save(self, step: int) -> bool:
+        """Save if this step is due; True when it saved."""
+        if self.due(step):
+            self.save(step)
+            return True
+        return False

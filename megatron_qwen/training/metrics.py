@@ -1,4 +1,10 @@
-"""Model FLOPs, TFLOP/s per device, MFU against a peak table, and memory — the formula written once.
+"""What a run reports and where it goes: model FLOPs, TFLOP/s, MFU, memory, and the metrics sink.
+
+`MetricsSink` writes each logged step to the console, `metrics.jsonl` and W&B, on the logging rank only
+(last pipeline stage, first tensor- and data-parallel rank); `MetricsWindow` averages an objective's
+metrics over the steps since the last log line.
+
+The FLOPs formula, written once:
 
 Forward FLOPs per token of a Qwen2 decoder (matmuls only, 2 FLOPs per multiply-add, s = sequence length):
     per layer:  2·h·(q + 2·kv)      q/k/v projections   (q = heads·d, kv = groups·d)
@@ -13,10 +19,16 @@ FLOPs, not hardware FLOPs).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import psutil
 import torch
+import torch.distributed as dist
 
-from megatron_qwen.config import ModelConfig
+from megatron_qwen.config import Config, ModelConfig
+from megatron_qwen.platform import on_gpu
+from megatron_qwen.training.wandb_logger import build_logger
 
 # Dense peak TFLOP/s per device (no sparsity).
 PEAK_TFLOPS = {
@@ -43,7 +55,7 @@ def device_peak_tflops(dtype: str, override: float | None = None) -> float | Non
     """Peak of this device for `dtype` ("bf16"/"fp8"), from the table; None when unknown (e.g. CPU)."""
     if override:
         return override
-    if not torch.cuda.is_available():
+    if not on_gpu():
         return None
     name = torch.cuda.get_device_name()
     for (device, kind), peak in PEAK_TFLOPS.items():
@@ -54,7 +66,7 @@ def device_peak_tflops(dtype: str, override: float | None = None) -> float | Non
 
 def memory_gib() -> dict[str, float]:
     """Peak allocated device memory on GPU; resident set size on CPU."""
-    if torch.cuda.is_available():
+    if on_gpu():
         return {"mem_gib": torch.cuda.max_memory_allocated() / 2**30}
     return {"mem_gib": psutil.Process().memory_info().rss / 2**30}
 
@@ -69,3 +81,64 @@ def throughput(model: ModelConfig, seq_length: int, tokens: int, seconds: float,
         "tflops_per_device": tflops,
         "mfu": tflops / peak if peak else None,
     }
+
+
+def is_logging_rank() -> bool:
+    from megatron.core import parallel_state
+
+    return (parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+            and parallel_state.get_tensor_model_parallel_rank() == 0
+            and parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0)
+
+
+class MetricsWindow:
+    """Global (sum, count) totals of each metric since the last `pop`, for means over a log interval."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, list[float]] = {}
+
+    def add(self, totals: dict[str, tuple[float, float]]) -> None:
+        for key, (s, n) in totals.items():
+            acc = self.totals.setdefault(key, [0.0, 0.0])
+            acc[0] += s
+            acc[1] += n
+
+    def pop(self) -> dict[str, float]:
+        means = {k: s / max(n, 1.0) for k, (s, n) in self.totals.items()}
+        self.totals.clear()
+        return means
+
+
+class MetricsSink:
+    """Console line + JSON lines file + W&B, all on the logging rank only."""
+
+    def __init__(self, cfg: Config, config_dict: dict, run_id: str | None):
+        self.active = is_logging_rank()
+        root = Path(cfg.checkpoint.dir or ".")
+        path = cfg.logging.metrics_file or (str(root / "metrics.jsonl") if cfg.checkpoint.dir else None)
+        if self.active and path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a") if (self.active and path) else None
+        self.wandb = build_logger(cfg.logging, config_dict, str(root), run_id, self.active)
+
+    def shared_run_id(self) -> str | None:
+        """The W&B run id of the logging rank, known on every rank (collective), for checkpoints."""
+        ids = [None] * dist.get_world_size()
+        dist.all_gather_object(ids, self.wandb.run_id)
+        return next((i for i in ids if i), None)
+
+    def emit(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
+        parts = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items() if v is not None]
+        parts += [f"{k}=n/a" for k, v in metrics.items() if v is None]
+        print(f"step {step} | " + " | ".join(parts), flush=True)
+        if self.file:
+            self.file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self.file.flush()
+        self.wandb.log(metrics, step)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        self.wandb.finish()

@@ -1,8 +1,8 @@
 """One optimizer step with megatron-core's machinery: DDP buffers, schedules, distributed optimizer.
 
 The pieces every training job shares — wrapping model chunks in megatron's DDP, building its optimizer,
-the forward step and loss function, and `train_step()` — live here so the trainer loop, the DPO loop
-and the parallel-equivalence tests run exactly the same code. The loss is a per-token mean over the
+the language-model forward step and loss function, and `train_step()` — live here so the trainer, every
+objective and the parallel-equivalence tests run exactly the same code. The loss is a per-token mean over the
 whole global batch: the loss function returns (sum, token count) and megatron divides the gradients by
 the token count summed over micro-batches and data(+context)-parallel ranks, so any layout computes
 the same step as one process.
@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state
 from megatron.core.distributed import (
     DistributedDataParallel,
     DistributedDataParallelConfig,
@@ -27,6 +25,10 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_model_config
 
 from megatron_qwen.config import OptimConfig, ParallelConfig
+from megatron_qwen.model.batch import forward
+from megatron_qwen.platform.collectives import is_last_stage, reduce_to_all
+
+LOSS = "loss"  # the report key every objective's loss function fills: [loss sum, count]
 
 
 def wrap_model(chunks: list[torch.nn.Module], parallel: ParallelConfig) -> list[DistributedDataParallel]:
@@ -82,48 +84,57 @@ def build_optimizer(chunks: list[torch.nn.Module], optim: OptimConfig, parallel:
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Masked per-token loss: returns (sum, token count, report) for megatron's per-token averaging."""
+    """Masked per-token loss: (sum, token count, report) for megatron's per-token averaging.
+
+    The report maps each metric to a [sum, count] tensor; `reduce_reports` turns every key into a global mean.
+    """
     losses = output_tensor.float()
     mask = loss_mask.view(-1).float()
     total = torch.sum(losses.view(-1) * mask)
     tokens = mask.sum().to(torch.int)
     report = torch.cat([total.detach().view(1), mask.sum().view(1)])
-    return total, tokens, {"lm loss": report}
+    return total, tokens, {LOSS: report}
 
 
 def forward_step(data_iterator, model):
-    """megatron's forward-step contract: returns (output, loss function of that output)."""
+    """megatron's forward-step contract for language modelling: (per-token loss, loss function of it)."""
     batch = next(data_iterator)
-    output = model(
-        batch["tokens"],
-        batch["position_ids"],
-        batch.get("attention_mask"),
-        labels=batch["labels"],
-        packed_seq_params=batch.get("packed_seq_params"),
-    )
-    return output, partial(loss_func, batch["loss_mask"])
+    return forward(model, batch), partial(loss_func, batch["loss_mask"])
 
 
 @dataclass
 class StepResult:
-    loss: float  # per-token mean over the global batch
-    tokens: int  # loss tokens in the global batch
-    grad_norm: float | None
-    update_successful: bool
+    totals: dict[str, tuple[float, float]]  # metric -> (global sum, global count)
+    grad_norm: float | None = None
+    update_successful: bool = True
+
+    @property
+    def loss(self) -> float:
+        """Mean loss over the global batch (per token, or per pair for DPO)."""
+        return mean(self.totals[LOSS])
+
+    @property
+    def tokens(self) -> int:
+        return int(self.totals[LOSS][1])
+
+    def means(self) -> dict[str, float]:
+        return {k: mean(v) for k, v in self.totals.items()}
 
 
-def reduce_reports(reports: list[dict]) -> tuple[float, int]:
-    """Sum (loss sum, tokens) over micro-batches, then over data(+context)-parallel ranks."""
-    totals = torch.zeros(2, dtype=torch.float64)
-    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+def mean(total: tuple[float, float]) -> float:
+    return total[0] / max(total[1], 1.0)
+
+
+def reduce_reports(reports: list[dict], keys: tuple[str, ...] = (LOSS,)) -> dict[str, tuple[float, float]]:
+    """Every key's [sum, count] summed over micro-batches, then over data(+context)-parallel ranks, and
+    sent from the last pipeline stage to all (collective: every rank calls it with the same keys)."""
+    totals = torch.zeros(len(keys), 2, dtype=torch.float64)
+    if is_last_stage():
         for report in reports:
-            totals += report["lm loss"].double()
-    # Everyone takes part so the last stage's value reaches all ranks (the pipeline group broadcasts).
-    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-    last = parallel_state.get_pipeline_model_parallel_last_rank()
-    dist.broadcast(totals, src=last, group=parallel_state.get_pipeline_model_parallel_group())
-    loss_sum, tokens = totals.tolist()
-    return loss_sum / max(tokens, 1.0), int(tokens)
+            for i, key in enumerate(keys):
+                totals[i] += report[key].double().cpu()
+    reduce_to_all(totals)
+    return {key: (float(totals[i, 0]), float(totals[i, 1])) for i, key in enumerate(keys)}
 
 
 def run_forward_backward(
@@ -156,12 +167,13 @@ def train_step(
     seq_length: int,
     micro_batch_size: int,
     step_func: Callable = forward_step,
+    keys: tuple[str, ...] = (LOSS,),
 ) -> StepResult:
-    """Zero grads, forward+backward every micro-batch, reduce grads, clip, step."""
+    """Zero grads, forward+backward every micro-batch, reduce grads, clip, step; `keys` are the metrics
+    the step function's loss reports (see `reduce_reports`)."""
     for chunk in chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     reports = run_forward_backward(chunks, microbatches, seq_length, micro_batch_size, step_func=step_func)
     update_successful, grad_norm, _ = optimizer.step()
-    loss, tokens = reduce_reports(reports)
-    return StepResult(loss, tokens, grad_norm, bool(update_successful))
+    return StepResult(reduce_reports(reports, keys), grad_norm, bool(update_successful))

@@ -8,12 +8,12 @@ from megatron_qwen.config import (
     derive_data_parallel_size,
     validate_model_parallel,
 )
+from megatron_qwen.training.objectives import get_objective
 from megatron_qwen.training.schedule import SCHEDULES
 
 INIT_FROM = ("none", "checkpoint", "hf")
 WANDB_MODES = ("online", "offline", "disabled")
 DTYPES = ("auto", "bf16", "fp32")
-OBJECTIVES = ("pretrain", "sft", "dpo")
 
 
 def validate_config(cfg: Config, world_size: int | None = None) -> None:
@@ -54,13 +54,8 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError(f"checkpoint.keep_last ({c.keep_last}) must be >= 0")
     if lg.wandb_mode not in WANDB_MODES:
         raise ConfigError(f"logging.wandb_mode ({lg.wandb_mode!r}) must be one of {WANDB_MODES}")
-    if cfg.stage.objective not in OBJECTIVES:
-        raise ConfigError(f"stage.objective ({cfg.stage.objective!r}) is not implemented yet; "
-                          f"this trainer runs {OBJECTIVES}")
-    if cfg.stage.objective in ("sft", "dpo"):
-        from megatron_qwen.training.post import validate_post
-
-        validate_post(cfg, None if world_size is None else derive_data_parallel_size(cfg.parallel, world_size))
+    get_objective(cfg.stage.objective).check(
+        cfg, None if world_size is None else derive_data_parallel_size(cfg.parallel, world_size))
     if world_size is not None:
         dp = derive_data_parallel_size(cfg.parallel, world_size)
         if t.global_batch_size % (t.micro_batch_size * dp):

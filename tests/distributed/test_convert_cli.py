@@ -1,4 +1,4 @@
-"""tools/convert_checkpoint.py end to end, as a user runs it (separate processes, real exit codes).
+"""`megatron-qwen convert` end to end, as a user runs it (separate processes, real exit codes).
 
 import-hf at TP=2, verify at another layout (PP=2, resharded on load) passes; verify against the same
 model with ONE weight element changed by 0.01 fails with exit status 1; export-hf with the tokenizer
@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,11 +21,9 @@ from tests.unit.convert._hf_models import make_hf_model
 
 pytestmark = pytest.mark.slow  # five tool runs, ~1 minute
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "convert_checkpoint.py"
-
 
 def run_tool(*args, expect: int = 0) -> str:
-    proc = subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "megatron_qwen", "convert", *map(str, args)], capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == expect, f"exit {proc.returncode} (expected {expect}):\n{out[-4000:]}"
     return out

@@ -56,9 +56,9 @@ def _local_names_match(ckpt: str, hf_dir: str, resave: str) -> bool:
 
     The loaded model is then saved again with ckpt_io.save_model_checkpoint (the trainer's path) to `resave`.
     """
+    from megatron_qwen.checkpointing.weights import load_model_checkpoint, read_record, save_model_checkpoint
     from megatron_qwen.config import ParallelConfig
     from megatron_qwen.convert import mapping
-    from megatron_qwen.convert.ckpt_io import load_model_checkpoint, read_record, save_model_checkpoint
     from megatron_qwen.convert.hf_files import SafetensorsReader
     from megatron_qwen.model.build import build_model
 
@@ -79,8 +79,8 @@ def _load_tolerates_only_extra_state(root: str) -> dict:
     tensor the checkpoint lacks (untied head from a tied checkpoint) is refused, naming the tensor."""
     import dataclasses
 
+    from megatron_qwen.checkpointing.weights import load_model_checkpoint, read_record
     from megatron_qwen.config import ParallelConfig
-    from megatron_qwen.convert.ckpt_io import load_model_checkpoint, read_record
     from megatron_qwen.model.build import build_model
 
     ckpt = os.path.join(root, "ckpt", "tp1", "gqa2-tied-yarn")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration._train_helpers import metrics, train
-from tests.unit.post_train._toy import write_dpo, write_sft
+from tests.unit.training._toy import write_dpo, write_sft
 
 RTOL = 1e-5
 LAYOUTS = {"tp2": ["parallel=tp2"], "pp2": ["parallel=pp2"], "dp2": []}

@@ -1,4 +1,4 @@
-"""Start `python -m megatron_qwen.train` on N local ranks (RANK/WORLD_SIZE/MASTER_* env, free port), as torchrun would."""
+"""Start `megatron-qwen train` on N local ranks (RANK/WORLD_SIZE/MASTER_* env, free port), as torchrun would."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def start(world: int, overrides: list[str], cwd: Path, extra_env: dict | None = 
                    OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(extra_env or {}))
         log = cwd / f"rank{rank}.{port}.out"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "megatron_qwen.train", *overrides], cwd=cwd,
+            proc = subprocess.Popen([sys.executable, "-m", "megatron_qwen", "train", *overrides], cwd=cwd,
                                     env=env, stdout=out, stderr=subprocess.STDOUT)
         proc.log_path = log
         procs.append(proc)

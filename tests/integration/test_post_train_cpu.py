@@ -1,5 +1,5 @@
-"""Stage 3 end to end on CPU through `python -m megatron_qwen.train`: SFT coarse -> SFT fine -> DPO on toy
-conversations and pairs (tests/unit/post_train/_toy.py), checkpoints chained with init_from=checkpoint,
+"""Stage 3 end to end on CPU through `megatron-qwen train`: SFT coarse -> SFT fine -> DPO on toy
+conversations and pairs (tests.unit.training._toy.py), checkpoints chained with init_from=checkpoint,
 DPO resumed with and without its reference cache, and DPO reward accuracy rising above 0.9 (also as seen by
 the evaluation on post.dpo.valid_prefix)."""
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from _train_helpers import metrics, train
 
-from tests.unit.post_train._toy import write_dpo, write_sft
+from tests.unit.training._toy import write_dpo, write_sft
 
 
 def common(ck: Path, *extra: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""tools/preprocess_data.py and tools/train_tokenizer.py as a user runs them (subprocesses, 2 workers)."""
+"""`megatron-qwen preprocess` and `megatron-qwen train-tokenizer` as a user runs them (subprocesses, 2 workers)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "megatron_qwen", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
@@ -29,12 +29,12 @@ def test_train_tokenizer_then_preprocess_file_mode_with_workers(tmp_path):
     for name, text in sources.items():
         (corpus / name).write_text(text)
     tok_dir = tmp_path / "tok"
-    r = _run("tools/train_tokenizer.py", "--input", str(corpus), "--output-dir", str(tok_dir), "--vocab-size", "400")
+    r = _run("train-tokenizer", "--input", str(corpus), "--output-dir", str(tok_dir), "--vocab-size", "400")
     assert r.returncode == 0, r.stderr[-2000:]
     jsonl = tmp_path / "in.jsonl"
     jsonl.write_text("".join(json.dumps({"text": t}) + "\n" for t in sources.values()) + "{broken\n")
     prefix = tmp_path / "out" / "code"
-    r = _run("tools/preprocess_data.py", "--mode", "file", "--input", str(jsonl), "--output-prefix", str(prefix),
+    r = _run("preprocess", "--mode", "file", "--input", str(jsonl), "--output-prefix", str(prefix),
              "--tokenizer", str(tok_dir), "--workers", "2", "--fim-rate", "0.5", "--chunk-bytes", "2000")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "doc/s" in r.stderr and "tok/s" in r.stderr  # the progress bar shows both rates
@@ -43,7 +43,7 @@ def test_train_tokenizer_then_preprocess_file_mode_with_workers(tmp_path):
     assert report["encoder"] == "tiktoken"
     docs = read_documents(prefix.with_name("code_text_document"))
     assert len(docs) == 40 and docs[0].dtype == np.uint16  # 422 entries: uint16 like Megatron
-    from megatron_qwen.data.tokenizer import load_tokenizer
+    from megatron_qwen.data.tokenizer.qwen import load_tokenizer
 
     eod = load_tokenizer(tok_dir).eod
     assert eod == json.loads((tok_dir / "tokenizer.json").read_text())["added_tokens"][0]["id"]
@@ -53,6 +53,6 @@ def test_train_tokenizer_then_preprocess_file_mode_with_workers(tmp_path):
 
 
 def test_cli_rejects_bad_flags_with_clear_errors(tmp_path):
-    r = _run("tools/preprocess_data.py", "--mode", "file", "--input", "x.jsonl", "--output-prefix",
+    r = _run("preprocess", "--mode", "file", "--input", "x.jsonl", "--output-prefix",
              str(tmp_path / "o"), "--tokenizer", "t", "--fim-rate", "1.5")
     assert r.returncode != 0 and "--fim-rate must be in [0, 1]" in r.stderr

@@ -15,8 +15,8 @@ import json
 import numpy as np
 import pytest
 
-from megatron_qwen.data.tokenizer import load_tokenizer
-from tests.unit.data.conftest import run_mode, stdlib_texts
+from megatron_qwen.data.tokenizer.qwen import load_tokenizer
+from tests.unit.data.helpers import run_mode, stdlib_texts
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

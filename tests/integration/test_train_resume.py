@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _train_helpers import all_output, metrics, start, tiny, train, wait
 
-from megatron_qwen.launch.sbatch import FINISHED_ENV
+from megatron_qwen.training.preemption import FINISHED_ENV
 
 STEPS = ["train.train_iters=6", "checkpoint.save_interval=2", "checkpoint.keep_last=2"]
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from megatron_qwen.launch.preemption import StopSignal, mark_finished
+from megatron_qwen.training.preemption import StopSignal, mark_finished
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """The real trainer under the real local Slurm, submitted through the launcher's command line.
 
-What a user runs on a cluster, shrunk to the tiny preset on CPU: `python -m megatron_qwen.launch
+What a user runs on a cluster, shrunk to the tiny preset on CPU: `megatron-qwen launch
 experiment=tiny_cpu cluster=slurm ...` composes the stage, writes its config and batch script, and
 submits it; srun starts 2 tasks that derive their ranks from Slurm's environment and train over gloo.
 

@@ -22,7 +22,7 @@ def config_dir(tmp_path) -> Path:
     """A small Hydra tree on the typed schema: the real cluster group plus two stages."""
     ConfigStore.instance().store(name="launch_test_schema", node=Config)
     root = tmp_path / "hydra"
-    shutil.copytree(REPO / "hydra" / "cluster", root / "cluster")
+    shutil.copytree(REPO / "megatron_qwen" / "configs" / "cluster", root / "cluster")
     (root / "stage").mkdir()
     for name in ("file_pretrain", "repo_pretrain"):
         (root / "stage" / f"{name}.yaml").write_text(f"name: {name}\n")
@@ -90,7 +90,7 @@ def test_local_dry_run_uses_torchrun_for_several_processes(config_dir, tmp_path,
     rc = cli.main(["cluster.tasks_per_node=2", "--run-dir", str(tmp_path / "run"), "--dry-run",
                    "--config-dir", str(config_dir)])
     out = capsys.readouterr().out
-    assert rc == 0 and "torch.distributed.run --standalone --nproc-per-node=2 -m megatron_qwen.train" in out
+    assert rc == 0 and "torch.distributed.run --standalone --nproc-per-node=2 -m megatron_qwen train" in out
 
 
 @pytest.mark.parametrize(

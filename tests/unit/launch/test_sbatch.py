@@ -14,7 +14,7 @@ def _job(tmp_path: Path, **env) -> JobSpec:
     return JobSpec(
         name="exp-file_pretrain", stage="file_pretrain", stage_dir=tmp_path / "file_pretrain",
         log_dir=tmp_path / "logs", workdir=Path("/work/repo"),
-        argv=["-m", "megatron_qwen.train", f"--config-path={tmp_path / 'file_pretrain'}", "--config-name=config"],
+        argv=["-m", "megatron_qwen", "train", f"--config-path={tmp_path / 'file_pretrain'}", "--config-name=config"],
         env=env,
     )
 
@@ -44,7 +44,7 @@ def test_script_body_runs_srun_directly_and_requeues_unless_finished(tmp_path):
     text = render_sbatch(_h100(), _job(tmp_path, WANDB_RUN_ID="abc123", WANDB_RESUME="allow"))
     assert "torchrun" not in text
     assert "srun \\\n  --kill-on-bad-exit=1 \\\n  --nodes=4 \\\n  --ntasks-per-node=8 \\\n  --cpu-bind=none" in text
-    assert "python -m megatron_qwen.train \\\n  --config-path=" in text
+    assert "python -m megatron_qwen train \\\n  --config-path=" in text
     assert "module load cuda/12.4\nsource ~/venvs/mq/bin/activate\n" in text
     assert "export WANDB_RUN_ID=abc123\nexport WANDB_RESUME=allow" in text
     assert f'export {FINISHED_ENV}="$STAGE_DIR/FINISHED"' in text

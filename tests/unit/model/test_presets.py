@@ -5,7 +5,7 @@ import torch
 
 from megatron_qwen.model.presets import PRESETS, count_parameters, get_preset
 
-EXPECTED = {  # billions, from the architecture table (DESIGN §1)
+EXPECTED = {  # billions, from the architecture table (docs/formats.md)
     "qwen2.5-coder-0.5b": 0.494,
     "qwen2.5-coder-1.5b": 1.544,
     "qwen2.5-coder-3b": 3.086,

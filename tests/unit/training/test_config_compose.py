@@ -8,16 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import megatron_qwen.train  # noqa: F401 - registers base_config
-from hydra import compose, initialize_config_dir
+import megatron_qwen.cli.train  # noqa: F401 - registers base_config
 from megatron_qwen.config import Config
 from megatron_qwen.model.presets import PRESETS
 from megatron_qwen.training.validate import validate_config
 
 REPO = Path(__file__).resolve().parents[3]
-HYDRA = REPO / "hydra"
+HYDRA = REPO / "megatron_qwen" / "configs"
 EXAMPLES = REPO / "examples" / "qwen25_coder_7b"
 EXPERIMENTS = sorted(p.stem for p in (HYDRA / "experiment").glob("*.yaml"))
 EXAMPLE_EXPERIMENTS = sorted(p.stem for p in (EXAMPLES / "experiment").glob("*.yaml"))
@@ -90,14 +90,14 @@ def test_wrong_type_is_a_composition_error_naming_it():
 
 
 def test_cfg_job_prints_the_resolved_config():
-    out = subprocess.run([sys.executable, "-m", "megatron_qwen.train", "experiment=tiny_cpu", "--cfg", "job"],
+    out = subprocess.run([sys.executable, "-m", "megatron_qwen", "train", "experiment=tiny_cpu", "--cfg", "job"],
                          capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "global_batch_size: 8" in out.stdout and "name: file_pretrain" in out.stdout
 
 
 def test_validation_error_exits_2_before_any_process_group():
-    out = subprocess.run([sys.executable, "-m", "megatron_qwen.train", "experiment=tiny_cpu",
+    out = subprocess.run([sys.executable, "-m", "megatron_qwen", "train", "experiment=tiny_cpu",
                           "train.global_batch_size=7"], capture_output=True, text=True, cwd=REPO, timeout=120,
                          env={**__import__("os").environ, "RANK": "0", "WORLD_SIZE": "1", "MASTER_PORT": "1"})
     assert out.returncode == 2, out.stderr[-2000:]
@@ -106,7 +106,7 @@ def test_validation_error_exits_2_before_any_process_group():
 
 def test_a_saved_resolved_config_types_without_defaults():
     """The Slurm launcher starts the trainer on a saved, resolved config.yaml (no defaults list)."""
-    from megatron_qwen.train import to_config
+    from megatron_qwen.cli.train import to_config
 
     with initialize_config_dir(config_dir=str(HYDRA), version_base="1.3"):
         composed = compose("config", overrides=["experiment=tiny_cpu"])

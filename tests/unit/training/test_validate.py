@@ -38,7 +38,7 @@ def test_default_config_is_valid():
     ({"checkpoint__save_interval": 5}, None, "checkpoint.save_interval (5) needs checkpoint.dir"),
     ({"checkpoint__dir": "x", "checkpoint__keep_last": -1}, None, "checkpoint.keep_last (-1)"),
     ({"logging__wandb_mode": "cloud"}, None, "logging.wandb_mode ('cloud')"),
-    ({"stage__objective": "rlhf"}, None, "stage.objective ('rlhf') is not implemented yet"),
+    ({"stage__objective": "rlhf"}, None, "stage.objective ('rlhf') is not implemented"),
     ({"parallel__tensor_model_parallel_size": 4}, None, "num_query_groups (2) must be divisible"),
     ({"parallel__tensor_model_parallel_size": 2}, 3, "world size (3) must be divisible"),
 ])

@@ -1,0 +1,52 @@
+"""`megatron-qwen train experiment=NAME key=value ...` — the one entry point of every stage.
+
+Hydra composes the package's `configs/` (plus `--config-dir DIR`, searched first) onto the typed tree (megatron_qwen/config.py); the result is turned into the
+dataclasses, validated (before any process group exists: errors name the key and exit with status 2),
+and handed to the training loop. Ranks come from torchrun's or Slurm's environment (platform.env).
+`--cfg job` prints the resolved config without running.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from megatron_qwen.config import Config, ConfigError, from_dictconfig, register_configs
+
+register_configs()
+
+
+def to_config(dcfg: DictConfig) -> Config:
+    """The composed DictConfig as our dataclasses. Merging onto the schema also types a saved, resolved
+    config.yaml started with --config-path/--config-name (the Slurm launcher's way), which has no defaults."""
+    return from_dictconfig(dcfg)
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def _hydra_main(dcfg: DictConfig) -> None:
+    from megatron_qwen.platform.env import read_dist_env
+    from megatron_qwen.training.validate import validate_config
+
+    cfg = to_config(dcfg)
+    try:
+        validate_config(cfg, read_dist_env().world_size)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    from megatron_qwen.convert.importer import import_in_group
+    from megatron_qwen.platform import destroy_distributed
+    from megatron_qwen.training.trainer import run
+
+    resolved = OmegaConf.to_container(dcfg, resolve=True)
+    run(cfg, resolved, OmegaConf.to_yaml(resolved), import_hf=import_in_group)
+    destroy_distributed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Hydra reads sys.argv: the dispatcher sets it to ["megatron-qwen train", *argv]."""
+    if argv is not None:
+        sys.argv = ["megatron-qwen train", *argv]
+    _hydra_main()
+    return 0

@@ -1,0 +1,1 @@
+"""Preprocessing modes: one module per family (pretrain, repo, post); `registry` holds the table."""

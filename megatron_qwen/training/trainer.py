@@ -1,0 +1,144 @@
+"""One stage of training, in two phases: `Trainer(...)` builds everything, `Trainer.train()` runs it.
+
+Build: process groups, the model, the objective (the registry's class for `stage.objective`), megatron's
+DDP and optimizer, the schedule, then resume from `checkpoint.dir` or initialize the stage's weights,
+the sample sources, the objective's `prepare` (DPO's reference pass), the metrics sink and the stop signal.
+
+Run: each step reads its global batch, trains, and hands the step to the components, each of which
+decides its own timing: the metrics sink logs every `train.log_interval` steps, the evaluator runs every
+`train.eval_interval`, the checkpointer saves every `checkpoint.save_interval`. SIGTERM or SIGUSR1
+(`preemption.StopSignal`) makes every rank stop after the same step, save, and return without the
+FINISHED marker, so the Slurm script requeues the stage; a stage that reaches train_iters saves and
+marks itself finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from megatron_qwen.config import Config
+from megatron_qwen.model.batch import to_device
+from megatron_qwen.model.build import build_model
+from megatron_qwen.platform import compute_dtype, init_distributed
+from megatron_qwen.training import checkpoint as ckpt
+from megatron_qwen.training.datasets.sampling import microbatches
+from megatron_qwen.training.evaluation import Evaluator
+from megatron_qwen.training.metrics import (
+    MetricsSink,
+    MetricsWindow,
+    device_peak_tflops,
+    memory_gib,
+    throughput,
+)
+from megatron_qwen.training.objectives import PrepareContext, get_objective
+from megatron_qwen.training.preemption import StopSignal, mark_finished
+from megatron_qwen.training.schedule import build_scheduler, current_lr
+from megatron_qwen.training.step import build_optimizer, train_step, wrap_model
+
+log = logging.getLogger("megatron_qwen.train")
+
+
+@dataclass
+class RunResult:
+    losses: dict[int, float] = field(default_factory=dict)  # step -> mean loss of its global batch
+    stopped: bool = False  # stopped by a signal (to be requeued), not finished
+    step: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: Config, config_dict: dict, config_yaml: str, import_hf=None):
+        t, c, seq = cfg.train, cfg.checkpoint, cfg.data.seq_length
+        self.cfg = cfg
+        self.dp = init_distributed(cfg.parallel, cfg.model, seq, cfg.seed)
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.objective = get_objective(cfg.stage.objective)(cfg)
+        self.chunks = build_model(cfg.model, cfg.parallel, seq, compute_dtype(cfg.train.dtype))
+        latest = ckpt.find_latest(c.dir) if c.resume else None
+        if latest is None:
+            ckpt.initialize_weights(cfg, self.chunks, import_hf)
+        self.wrapped = wrap_model(self.chunks, cfg.parallel)
+        self.optimizer = build_optimizer(self.wrapped, cfg.optim, cfg.parallel)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.train_iters)
+        state = {"step": 0, "wandb_id": None}
+        if latest is not None:
+            log.info("resuming from %s", latest)
+            state = ckpt.load(latest, self.chunks, self.optimizer, self.scheduler)
+        self.start_step = state["step"]
+        self.train_source, valid = self.objective.build_sources(t.train_iters * t.global_batch_size,
+                                                                max(t.eval_iters, 1) * t.global_batch_size)
+        self.objective.prepare(PrepareContext(self.wrapped, latest is not None, self._start_model),
+                               self.train_source, valid)
+        self.evaluator = Evaluator(cfg, self.objective, self.wrapped, valid, self.dp_rank, self.dp)
+        self.sink = MetricsSink(cfg, config_dict, state.get("wandb_id") or cfg.logging.wandb_id)
+        self.checkpointer = ckpt.Checkpointer(cfg, self.chunks, self.optimizer, self.scheduler, config_yaml)
+        self.checkpointer.run_id = self.sink.shared_run_id()
+        self.peak = device_peak_tflops("fp8" if cfg.model.fp8_recipe else "bf16", cfg.logging.peak_tflops)
+
+    def _start_model(self):
+        """A frozen copy of the stage's start weights (for DPO's reference after a resume without its cache)."""
+        cfg = self.cfg
+        chunks = build_model(cfg.model, cfg.parallel, cfg.data.seq_length, compute_dtype(cfg.train.dtype))
+        path = ckpt.start_weights_path(cfg)
+        if path is not None:
+            from megatron_qwen.checkpointing.weights import load_model_checkpoint
+
+            load_model_checkpoint(chunks, path)
+        return chunks
+
+    def _batches(self, step: int) -> list[dict]:
+        t = self.cfg.train
+        return [to_device(b) for b in microbatches(self.train_source, step * t.global_batch_size, t.global_batch_size,
+                                                   t.micro_batch_size, self.dp_rank, self.dp, self.cfg.data.seq_length)]
+
+    def train(self) -> RunResult:
+        """Train until train.train_iters or a stop signal (see the module doc)."""
+        t, seq = self.cfg.train, self.cfg.data.seq_length
+        result, step = RunResult(step=self.start_step), self.start_step
+        window, stop = MetricsWindow(), StopSignal.install((signal.SIGTERM, signal.SIGUSR1))
+        window_start, window_steps = time.perf_counter(), 0
+        while step < t.train_iters:
+            lr = current_lr(self.optimizer)
+            out = train_step(self.wrapped, self.optimizer, self._batches(step), seq, t.micro_batch_size,
+                             self.objective.forward_step, self.objective.report_keys)
+            self.scheduler.step(1)
+            step += 1
+            window_steps += 1
+            result.losses[step] = out.loss
+            window.add({k: v for k, v in out.totals.items() if k != "loss"})
+            if step % t.log_interval == 0 or step == t.train_iters:
+                rates = throughput(self.cfg.model, seq, t.global_batch_size * seq * window_steps,
+                                   time.perf_counter() - window_start, dist.get_world_size(), self.peak)
+                self.sink.emit(step, {"loss": out.loss, "grad_norm": None if out.grad_norm is None
+                                      else float(out.grad_norm), "lr": lr, **rates, **memory_gib(),
+                                      "consumed_samples": step * t.global_batch_size, **window.pop()})
+                window_start, window_steps = time.perf_counter(), 0
+            evaluated = self.evaluator.due(step)
+            if evaluated:
+                self.sink.emit(step, self.evaluator.run())
+            saved = self.checkpointer.maybe_save(step)
+            if saved or evaluated:
+                window_start = time.perf_counter()  # rates measure training only
+            if stop.requested_everywhere():
+                log.warning("stop signal received: saving at step %d and exiting", step)
+                self.checkpointer.save(step)
+                result.stopped = True
+                break
+        result.step = step
+        if not result.stopped:
+            if step > self.start_step:  # not when resuming an already finished stage
+                self.checkpointer.save(step)
+            mark_finished()
+        stop.uninstall()
+        self.sink.close()
+        return result
+
+
+def run(cfg: Config, config_dict: dict, config_yaml: str, import_hf=None) -> RunResult:
+    """Build and train one stage."""
+    return Trainer(cfg, config_dict, config_yaml, import_hf).train()
