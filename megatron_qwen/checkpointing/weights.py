@@ -13,12 +13,12 @@ size before padding, dtype, the source config.json), so `export-hf` knows the ar
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from megatron_qwen.config import ModelConfig, model_config_from_dict, model_config_to_dict
+from megatron_qwen.platform.files import write_atomic
 
 METADATA = "metadata.json"
 SECTION = "megatron_qwen"
@@ -37,9 +37,7 @@ def write_record(ckpt_dir: str | Path, model: ModelConfig, **facts) -> None:
     path = Path(ckpt_dir) / METADATA
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[SECTION] = {"format": FORMAT, "model": model_config_to_dict(model), **facts}
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_record(ckpt_dir: str | Path) -> tuple[ModelConfig, dict]:

@@ -14,11 +14,12 @@ megatron-core GPTModel and `megatron-qwen needle` wires a checkpoint and a token
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from megatron_qwen.platform.files import atomic_path
 
 QUESTION = "\n# Reproduce the function `{name}` defined earlier in this repository, exactly.\n"
 
@@ -110,9 +111,8 @@ def run_grid(encode: Callable[[str], list[int]], decode: Callable[[Sequence[int]
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def write_outputs(results: list[CellResult], lengths: Sequence[int], depths: Sequence[float], out_dir: str | Path,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -10,6 +9,7 @@ from pathlib import Path
 
 from megatron_qwen.config import ClusterConfig
 from megatron_qwen.launch.sbatch import JobSpec, render_sbatch, sbatch_submit_command
+from megatron_qwen.platform.files import write_atomic
 
 
 class SubmitError(RuntimeError):
@@ -21,10 +21,7 @@ def write_script(cluster: ClusterConfig, job: JobSpec, header: Sequence[str] = (
     job.stage_dir.mkdir(parents=True, exist_ok=True)
     job.log_dir.mkdir(parents=True, exist_ok=True)
     path = job.script_path
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_sbatch(cluster, job, header))
-    tmp.chmod(0o755)
-    os.replace(tmp, path)
+    write_atomic(path, render_sbatch(cluster, job, header), mode=0o755)
     return path
 
 

@@ -30,6 +30,7 @@ from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron_qwen.checkpointing.weights import load_model_checkpoint, model_state, read_record, write_record
 from megatron_qwen.config import Config, ConfigError, ModelConfig
 from megatron_qwen.platform import compute_dtype, on_gpu
+from megatron_qwen.platform.files import write_atomic
 
 log = logging.getLogger(__name__)
 LATEST = "latest"
@@ -38,12 +39,6 @@ PARTIAL = ".partial"
 
 def iter_name(step: int) -> str:
     return f"iter_{step:07d}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def layout_key() -> list[int]:
@@ -98,10 +93,10 @@ def save(root: str | Path, step: int, chunks, optimizer, scheduler, extra: dict,
     if rank == 0:
         write_record(tmp, model, hf_vocab_size=model.vocab_size,
                      dtype=str(next(chunks[0].parameters()).dtype).removeprefix("torch."))
-        _write_atomic(tmp / "config.yaml", config_yaml)
+        write_atomic(tmp / "config.yaml", config_yaml)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        _write_atomic(root / LATEST, final.name + "\n")
+        write_atomic(root / LATEST, final.name + "\n")
         rotate(root, keep_last)
     dist.barrier()
     return final

@@ -25,6 +25,8 @@ import signal
 from pathlib import Path
 from types import FrameType
 
+from megatron_qwen.platform.files import write_atomic
+
 # The launcher sets this to the stage's FINISHED marker file; the trainer writes it when the stage completes.
 FINISHED_ENV = "MEGATRON_QWEN_FINISHED_FILE"
 
@@ -91,7 +93,5 @@ def mark_finished(path: Path | None = None, rank: int | None = None) -> Path | N
     if rank != 0:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("finished\n")
-    os.replace(tmp, path)
+    write_atomic(path, "finished\n")
     return path

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,6 +16,7 @@ from tqdm import tqdm
 
 from megatron_qwen.data.decontamination.ngrams import DEFAULT_N, Decontaminator
 from megatron_qwen.data.indexed import write_atomic_text
+from megatron_qwen.platform.files import atomic_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,31 +35,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     decontam = Decontaminator.from_specs(args.benchmarks, n=args.ngram)
     out = Path(args.output)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     kept, removed, by_bench, skipped = 0, [], Counter(), Counter()
-    try:
-        with open(args.input, "rb") as fin, open(tmp, "w", encoding="utf-8") as fout:
-            for line_no, raw in enumerate(tqdm(fin, desc="decontaminate", unit="rec"), 1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    skipped["unreadable record"] += 1
-                    continue
-                view = {k: record.get(k) for k in args.json_keys} if args.json_keys and isinstance(record, dict) \
-                    else record
-                hit = decontam.find_in_record(view)
-                if hit:
-                    by_bench[hit.benchmark] += 1
-                    removed.append({"line": line_no, "benchmark": hit.benchmark, "ngram": hit.ngram})
-                    continue
-                fout.write(json.dumps(record, ensure_ascii=False) + "\n")
-                kept += 1
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(out) as tmp, open(args.input, "rb") as fin, open(tmp, "w", encoding="utf-8") as fout:
+        for line_no, raw in enumerate(tqdm(fin, desc="decontaminate", unit="rec"), 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                skipped["unreadable record"] += 1
+                continue
+            view = {k: record.get(k) for k in args.json_keys} if args.json_keys and isinstance(record, dict) \
+                else record
+            hit = decontam.find_in_record(view)
+            if hit:
+                by_bench[hit.benchmark] += 1
+                removed.append({"line": line_no, "benchmark": hit.benchmark, "ngram": hit.ngram})
+                continue
+            fout.write(json.dumps(record, ensure_ascii=False) + "\n")
+            kept += 1
     report = {"input": args.input, "output": str(out), **decontam.describe(), "kept": kept,
               "removed_total": len(removed), "removed_by_benchmark": dict(by_bench), "skipped": dict(skipped),
               "removed": removed}

@@ -132,20 +132,9 @@ def undo_fim_text(tokens, ids: ControlIds, decode) -> str:
 
 # -- repository documents ------------------------------------------------------------------------------
 
-def repo_header_pieces(name: str, ids: ControlIds) -> list[Piece]:
-    return [Piece(ids.repo_name), Piece(f"{name}\n")]
-
-
 def repo_file_text(path: str, content: str, last: bool) -> str:
     """The text that follows `<|file_sep|>` for one file: path, newline, content, and a newline unless last."""
     return f"{path}\n{content}" if last else f"{path}\n{content}\n"
-
-
-def repo_fim_file_pieces(path: str, content: str, ids: ControlIds, rng: random.Random,
-                         line_level: bool = False) -> list[Piece]:
-    """The last file of a repo document with repo-level FIM (PSM) applied to its content."""
-    prefix, middle, suffix = fim_split(content, rng, line_level)
-    return [Piece(ids.file_sep), Piece(f"{path}\n")] + fim_pieces(prefix, middle, suffix, ids, spm=False)
 
 
 def greedy_pack(sizes: list[int], budget: int) -> list[list[int]]:

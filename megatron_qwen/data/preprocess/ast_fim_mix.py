@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from collections import Counter
@@ -33,6 +32,7 @@ from megatron_qwen.data.formats.ast_fim import (
     conversation_records,
     parse_weights,
 )
+from megatron_qwen.platform.files import write_atomic
 
 
 def read_jsonl(paths: list[str], counters: Counter) -> Iterator[dict]:
@@ -78,18 +78,6 @@ def size_limited(records: Iterator[dict], max_bytes: int, counters: Counter) -> 
 def count_records(path: str) -> int:
     with open(path, "rb") as f:
         return sum(1 for line in f if line.strip())
-
-
-def write_atomic(path: str, lines: Iterator[str]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def mixed_lines(sft_path: str, fim: list[dict], seed: int) -> Iterator[str]:

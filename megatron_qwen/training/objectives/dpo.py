@@ -25,7 +25,6 @@ function call; the pair sources (`training.datasets.preference.PairRows`) batch 
 from __future__ import annotations
 
 import logging
-import os
 from functools import cache, partial
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from megatron.core import parallel_state
 from megatron_qwen.config import Config, ConfigError
 from megatron_qwen.model.batch import Batch, forward, to_device
 from megatron_qwen.platform.collectives import is_last_stage, reduce_to_all
+from megatron_qwen.platform.files import atomic_path
 from megatron_qwen.training.datasets.preference import PairRows, PreferenceDataset
 from megatron_qwen.training.datasets.sft import dataset_prefix, pad_id
 from megatron_qwen.training.objectives.base import Objective, PrepareContext, require_blend
@@ -126,9 +126,8 @@ class DPO(Objective):
         rows.reference = compute_reference_logps(reference(), rows, cfg.train.micro_batch_size)
         if path and dist.get_rank() == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            torch.save({"meta": meta, "logps": rows.reference}, tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                torch.save({"meta": meta, "logps": rows.reference}, tmp)
 
     def forward_step(self, data_iterator, model):
         batch = next(data_iterator)

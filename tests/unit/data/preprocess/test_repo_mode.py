@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from megatron_qwen.data.formats.code import ControlIds, repo_fim_file_pieces, undo_fim_text
+from megatron_qwen.data.formats.code import ControlIds, undo_fim_text
 from megatron_qwen.data.formats.repo_order import dependency_order, import_graph
 from megatron_qwen.data.indexed import read_documents
 from megatron_qwen.data.preprocess.assemble import encode_pieces
@@ -43,12 +43,20 @@ class _FixedCuts(random.Random):
 
 
 def test_repo_level_fim_exact_ids(qwen):
-    ids = ControlIds.of(qwen, repo=True)
+    """The production path (the `repo` mode) with the FIM cut points fixed, against ids written by hand."""
+    from megatron_qwen.data.preprocess.cli import build_parser
+    from megatron_qwen.data.preprocess.modes.registry import ModeContext, get_mode
+
+    options = build_parser().parse_args(["--mode", "repo", "--input", "x.jsonl", "--output-prefix", "out",
+                                         "--tokenizer", str(qwen.path), "--fim-rate", "1"])
+    ctx = ModeContext(qwen, options)
     pre, mid = "from calc.ops import add\nprint(", "add(1, 2)"
-    pieces = repo_fim_file_pieces("main.py", MAIN, ids, _FixedCuts([len(pre), len(pre) + len(mid)]))
-    got = encode_pieces(qwen, pieces).tolist()
-    assert got == [151664, 3817, 7197, 198, 151659, 1499, 10035, 46778, 1159, 912, 198, 1350, 7, 151661, 340, 151660,
-                   718, 7, 16, 11, 220, 17, 8]
+    ctx._rng = _FixedCuts([len(pre), len(pre) + len(mid)])
+    [doc] = get_mode("repo").fn({"name": "octo/calc", "files": [{"path": "main.py", "content": MAIN}]}, ctx)
+    got = encode_pieces(qwen, doc.pieces).tolist()
+    assert got == HEADER + [151664, 3817, 7197, 198, 151659, 1499, 10035, 46778, 1159, 912, 198, 1350, 7, 151661, 340,
+                            151660, 718, 7, 16, 11, 220, 17, 8, 151643]
+    assert ctx.counters["fim_documents"] == 1
 
 
 def test_repo_fim_applies_to_last_file_and_round_trips(qwen, tmp_path):
