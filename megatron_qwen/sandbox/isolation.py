@@ -81,7 +81,7 @@ def bwrap_argv(
 
     --unshare-all: new user, mount, PID, network (loopback only), IPC, UTS and cgroup namespaces;
     --die-with-parent: the sandbox dies with us; --new-session: no TIOCSTI on our terminal;
-    --clearenv: nothing of our environment leaks in (tokens, paths)."""
+    --clearenv: nothing of our environment leaks in (tokens, paths); --remount-ro /: see below."""
     binds = _system_binds()
     for path in extra_ro_binds:
         binds += ["--ro-bind", path, path]
@@ -91,6 +91,9 @@ def bwrap_argv(
         "--proc", "/proc", "--dev", "/dev",
         "--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", "/tmp",
         "--bind", run_dir, SANDBOX_DIR, "--chdir", SANDBOX_DIR,
+        # The root is bwrap's own tmpfs, writable by the sandbox user and without a size limit: make it
+        # read-only, so that only /sandbox and the size-limited /tmp can be written.
+        "--remount-ro", "/",
         "--hostname", "sandbox",
         "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
         "--clearenv",
