@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_qwen.codebench.humaneval import read_humaneval_problems, check_suffix
+from megatron_qwen.codebench.humaneval import check_suffix, read_humaneval_problems
 from megatron_qwen.codebench.tasks import ExecTask
 
 FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
