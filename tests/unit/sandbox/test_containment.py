@@ -197,3 +197,23 @@ def test_cpu_limit_is_a_timeout(sandbox: Sandbox) -> None:
     assert result.status is Status.TIMEOUT, result
     assert "CPU time limit" in result.detail
     assert result.wall_s < 9
+
+
+def test_file_size_and_tmpfs_limits(sandbox: Sandbox) -> None:
+    """RLIMIT_FSIZE stops a big file in the run directory (Python ignores SIGXFSZ and gets EFBIG); the
+    private /tmp is a size-limited tmpfs (ENOSPC), so neither the disk nor memory fills up."""
+    code = textwrap.dedent("""
+        import errno
+        for path, size in [("big.bin", 8 << 20), ("/tmp/big.bin", 16 << 20)]:
+            try:
+                with open(path, "wb") as f:
+                    for _ in range(size >> 20):
+                        f.write(b"x" * (1 << 20))
+                print("wrote", path)
+            except OSError as exc:
+                print("stopped", path, errno.errorcode[exc.errno])
+    """)
+    result = sandbox.run(code, "python", limits=FAST.with_(fsize_mb=4, tmpfs_mb=2))
+    assert result.status is Status.PASSED, result
+    assert "stopped big.bin EFBIG" in result.stdout
+    assert "stopped /tmp/big.bin ENOSPC" in result.stdout  # the 2 MiB tmpfs fills before the 4 MiB file limit
