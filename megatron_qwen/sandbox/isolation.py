@@ -18,8 +18,8 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,13 @@ def bwrap_problem() -> str | None:
         return "bubblewrap (bwrap) is not installed; run .ci/install_sandbox.sh or apt-get install bubblewrap"
     if shutil.which("prlimit") is None:
         return "prlimit (util-linux) is not installed"
-    probe_dir = Path(os.environ.get("TMPDIR", "/tmp"))
-    argv = bwrap_argv(str(probe_dir), ["true"])
     uid = host_uid_for_sandbox()
     ids = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/", **ids)
+        with tempfile.TemporaryDirectory(prefix="sandbox-probe-") as probe_dir:
+            os.chmod(probe_dir, 0o755)
+            argv = bwrap_argv(probe_dir, ["true"])
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/", **ids)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"bubblewrap failed to start: {exc}"
     if proc.returncode != 0:
