@@ -40,3 +40,11 @@ def sandbox(work_root: str) -> Sandbox:
     if problem is not None:
         pytest.skip(f"bubblewrap unusable, isolation tests skipped: {problem}")
     return Sandbox(SandboxConfig(limits=FAST, work_root=work_root))
+
+
+@pytest.fixture(scope="session")
+def lang_sandbox(work_root: str) -> Sandbox:
+    """For the per-language tests (our own, trusted programs): the isolated sandbox where bubblewrap
+    works, else the explicit isolation='none' opt-out, so that the toolchains are still tested."""
+    isolation = "bwrap" if bwrap_problem() is None else "none"
+    return Sandbox(SandboxConfig(isolation=isolation, limits=FAST, work_root=work_root))

@@ -33,9 +33,9 @@ FAILURE_MESSAGE = {
 
 
 @pytest.mark.parametrize("language", ["python", "javascript", "java", "cpp"])
-def test_correct_program_passes(sandbox: Sandbox, language: str) -> None:
+def test_correct_program_passes(lang_sandbox: Sandbox, language: str) -> None:
     require_language(language)
-    result = sandbox.run(CORRECT[language], language)
+    result = lang_sandbox.run(CORRECT[language], language)
     assert result.status is Status.PASSED, result
     assert result.exit_code == 0
     assert result.stdout.strip() == "sum 5"
@@ -44,9 +44,9 @@ def test_correct_program_passes(sandbox: Sandbox, language: str) -> None:
 
 
 @pytest.mark.parametrize("language", ["python", "javascript", "java", "cpp"])
-def test_failing_program_fails(sandbox: Sandbox, language: str) -> None:
+def test_failing_program_fails(lang_sandbox: Sandbox, language: str) -> None:
     require_language(language)
-    result = sandbox.run(FAILING[language], language)
+    result = lang_sandbox.run(FAILING[language], language)
     # C++'s assert() aborts: SIGABRT, which is a crash, not an ordinary non-zero exit.
     expected = Status.CRASHED if language == "cpp" else Status.FAILED
     assert result.status is expected, result
@@ -62,15 +62,15 @@ def test_failing_program_fails(sandbox: Sandbox, language: str) -> None:
         ("cpp", "int main() {\n    undeclared_name = 1;\n}\n", "undeclared_name"),
     ],
 )
-def test_compile_error(sandbox: Sandbox, language: str, code: str, diagnostic: str) -> None:
+def test_compile_error(lang_sandbox: Sandbox, language: str, code: str, diagnostic: str) -> None:
     require_language(language)
-    result = sandbox.run(code, language)
+    result = lang_sandbox.run(code, language)
     assert result.status is Status.COMPILE_ERROR, result
     assert diagnostic in result.stderr
     assert "error" in result.stderr
 
 
-def test_java_public_class_names_the_file(sandbox: Sandbox) -> None:
+def test_java_public_class_names_the_file(lang_sandbox: Sandbox) -> None:
     """javac insists that a public class lives in its own-named file; the main class may differ."""
     require_language("java")
     code = (
@@ -79,7 +79,7 @@ def test_java_public_class_names_the_file(sandbox: Sandbox) -> None:
         "class Helper { }\n"
     )
     assert java_class_names(code) == ("Solution", "Solution")
-    result = sandbox.run(code, "java")
+    result = lang_sandbox.run(code, "java")
     assert result.status is Status.PASSED, result
     assert result.stdout.strip() == "7"
 
