@@ -38,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="evaluate", description="Score a completions file by execution (no model).")
+    p = _Parser(prog="megatron-qwen evaluate", description="Score a completions file by execution (no model).")
     p.add_argument("--samples", required=True, help="JSONL with task_id and completion per line")
     p.add_argument("--benchmark", default="humaneval", choices=BUNDLED + FROM_FILE)
     p.add_argument("--problems", help="the benchmark's JSONL (for mbpp, multipl-e, humaneval-fim, crosscodeeval)")

@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the project CLI when it wires `megatron-qwen sandbox`)."""
-    parser = _Parser(prog="sandbox", description="Run one program in the execution sandbox; print a JSON result.")
+    parser = _Parser(prog="megatron-qwen sandbox", description="Run one program in the execution sandbox; print a JSON result.")
     parser.add_argument("--language", required=True, choices=LANGUAGES, help="language of FILE")
     parser.add_argument("file", metavar="FILE", help="source file to run")
     parser.add_argument("--timeout", type=float, default=DEFAULT_LIMITS.timeout_s, help="wall-clock seconds")

@@ -1,7 +1,7 @@
 """The package's layers import only downward, and no module imports itself back through others.
 
-The order (docs/architecture.md): config < platform < model < checkpointing < data < {training, convert}
-< {eval, launch} < cli. Modules of one layer may import each other; `training` and `convert` stand side
+The order (docs/architecture.md): config < platform < model < checkpointing < {data, sandbox} <
+{training, convert} < {eval, launch, codebench} < cli. Modules of one layer may import each other; `training` and `convert` stand side
 by side (neither imports the other), and so do `eval` and `launch`. Function-level imports count too.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[3] / "megatron_qwen"
-LAYERS = [["config"], ["platform"], ["model"], ["checkpointing"], ["data"], ["training", "convert"],
-          ["eval", "launch"], ["cli"]]
+LAYERS = [["config"], ["platform"], ["model"], ["checkpointing"], ["data", "sandbox"], ["training", "convert"],
+          ["eval", "launch", "codebench"], ["cli"]]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 

@@ -96,7 +96,7 @@ def test_python_dash_m_entry_point(sandbox: Sandbox, tmp_path) -> None:
     source = tmp_path / "prog.js"
     source.write_text("console.log(6 * 7)\n")
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    proc = subprocess.run([sys.executable, "-m", "megatron_qwen.sandbox", "--language", "javascript", str(source)],
+    proc = subprocess.run([sys.executable, "-m", "megatron_qwen", "sandbox", "--language", "javascript", str(source)],
                           capture_output=True, text=True, timeout=60, cwd=repo)  # fmt: skip
     if "node not found" in proc.stderr:
         pytest.skip(proc.stderr.strip())
