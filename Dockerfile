@@ -31,4 +31,4 @@ PY
 RUN PIP_CONSTRAINT=/tmp/keep-image-builds.txt pip install --no-cache-dir -e ".[test]" \
  && python -c "import torch, megatron.core, transformer_engine; print('torch', torch.__version__, '| megatron-core', megatron.core.__version__, '| TE', transformer_engine.__version__)"
 
-CMD ["python", "-m", "megatron_qwen", "train", "--help"]
+CMD ["megatron-qwen", "--help"]

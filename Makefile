@@ -26,7 +26,7 @@ demo:
 	$(PY) examples/demo/run_demo.py $(DEMO_ARGS)
 
 lint:
-	$(PY) -m ruff check megatron_qwen tools tests benchmarks examples
+	$(PY) -m ruff check megatron_qwen tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

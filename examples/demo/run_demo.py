@@ -11,7 +11,8 @@
    (`cluster=local`, two processes), each stage starting from the previous one's final checkpoint;
 5. a summary: the loss of each stage at its first and last logged step, and where everything is.
 
-Every step is an ordinary command of the project, printed before it runs; re-running skips finished work.
+Every step is an ordinary command of the project, printed before it runs, with its output in
+`demo_output/logs/`; the console shows the commands and the results table. Re-running skips finished work.
 """
 
 from __future__ import annotations
@@ -34,9 +35,28 @@ from examples.demo.build_corpus import build as build_corpus  # noqa: E402
 VOCAB = 2000  # learned entries; the 22 added tokens follow
 
 
+LOGS: Path | None = None  # set by main(): each command's output goes to a file there
+
+
 def run(cmd: list[str], env: dict | None = None) -> None:
+    """Print the command, run it with its output in demo_output/logs/NN-<name>.log, say how it went."""
+    global _step
+    _step += 1
+    name = next((str(c) for c in cmd[3:5] if not str(c).startswith("-")), "cmd").replace("/", "_")
+    log = LOGS / f"{_step:02d}-{name}.log"
     print("\n$ " + " ".join(str(c) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    started = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})}, stdout=f,
+                              stderr=subprocess.STDOUT)
+    if proc.returncode:
+        tail = log.read_text(errors="replace").splitlines()[-40:]
+        print("\n".join(tail), file=sys.stderr)
+        raise SystemExit(f"error: the command above failed (exit {proc.returncode}); full output in {log}")
+    print(f"  ok in {time.time() - started:.0f} s (output: {log.relative_to(LOGS.parent)})", flush=True)
+
+
+_step = 0
 
 
 def tool(name: str) -> list[str]:
@@ -104,6 +124,9 @@ def main() -> None:
     if args.fresh and out.exists():
         shutil.rmtree(out)
     start = time.time()
+    global LOGS
+    LOGS = out / "logs"
+    LOGS.mkdir(parents=True, exist_ok=True)
     if not (out / "corpus" / "code.jsonl").exists():
         counts = build_corpus(out / "corpus", max_files=300, seed=1234)
         print("corpus:", counts)
@@ -126,13 +149,14 @@ def main() -> None:
         previous = train_stage(out, experiment, name, common + init + extra, env)
         done.append((title, previous))
     print(f"\n=== demo finished in {time.time() - start:.0f} s ===")
+    print(f"{'stage':<62} {'first loss':>16} {'last loss':>16}")
     for title, stage_dir in done:
         (s0, l0), (s1, l1) = logged(stage_dir)[0], logged(stage_dir)[-1]
-        print(f"{title}: loss {l0:.3f} at step {s0} -> {l1:.3f} at step {s1}")
+        print(f"{title:<62} {l0:>8.3f} (step {s0:>3}) {l1:>8.3f} (step {s1:>3})")
     accuracy = logged(done[-1][1], "rewards/accuracy")
     if accuracy:
-        print(f"DPO reward accuracy: {accuracy[0][1]:.2f} at step {accuracy[0][0]} -> "
-              f"{accuracy[-1][1]:.2f} at step {accuracy[-1][0]}")
+        print(f"{'DPO reward accuracy':<62} {accuracy[0][1]:>8.2f} (step {accuracy[0][0]:>3}) "
+              f"{accuracy[-1][1]:>8.2f} (step {accuracy[-1][0]:>3})")
     print(f"tokenizer: {tok}\ndatasets: {data}\ncheckpoints and logs: {out / 'runs'}")
 
 

@@ -54,7 +54,7 @@ class RunResult:
 class Trainer:
     def __init__(self, cfg: Config, config_dict: dict, config_yaml: str, import_hf=None):
         t, c, seq = cfg.train, cfg.checkpoint, cfg.data.seq_length
-        self.cfg = cfg
+        self.cfg, self.import_hf = cfg, import_hf
         self.dp = init_distributed(cfg.parallel, cfg.model, seq, cfg.seed)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.objective = get_objective(cfg.stage.objective)(cfg)
@@ -84,11 +84,7 @@ class Trainer:
         """A frozen copy of the stage's start weights (for DPO's reference after a resume without its cache)."""
         cfg = self.cfg
         chunks = build_model(cfg.model, cfg.parallel, cfg.data.seq_length, compute_dtype(cfg.train.dtype))
-        path = ckpt.start_weights_path(cfg)
-        if path is not None:
-            from megatron_qwen.checkpointing.weights import load_model_checkpoint
-
-            load_model_checkpoint(chunks, path)
+        ckpt.initialize_weights(cfg, chunks, self.import_hf)
         return chunks
 
     def _batches(self, step: int) -> list[dict]:
