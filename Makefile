@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 PYTHON312 ?= $(shell for c in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.12.*/bin/python3.12 2>/dev/null | sort -V | tail -1) /usr/bin/python3.12; do \
 	$$c -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && echo $$c && break; done)
 PYTEST_ARGS ?=
+# Two pytest workers: most of the suite waits on process start-up (torch + megatron-core imports), so two
+# workers keep both cores busy; Slurm tests share one cluster in one worker (xdist_group "slurm").
+TEST_WORKERS ?= 2
 
 .PHONY: setup test test-fast demo lint clean
 
@@ -17,10 +20,10 @@ setup:
 	$(PY) -c "import megatron.core, torch; print('megatron-core', megatron.core.__version__, '| torch', torch.__version__)"
 
 test:
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast:
-	$(PY) -m pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not slurm" $(PYTEST_ARGS)
 
 demo:
 	$(PY) examples/demo/run_demo.py $(DEMO_ARGS)

@@ -7,6 +7,17 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(config, items):
+    """Longest first: the end-to-end tests marked slow start before the short ones, so that with two
+    pytest-xdist workers (`make test`) no long test starts last and stretches the run (stable otherwise)."""
+    def rank(item) -> int:
+        if "test_demo" in item.nodeid:
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago on loopback (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

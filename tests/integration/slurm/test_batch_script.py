@@ -16,7 +16,7 @@ from megatron_qwen.launch.submit import submit, write_script
 
 from .local_slurm import poll
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one cluster, one test worker
 
 COUNTER = Path(__file__).with_name("counter_job.py")
 REPO = Path(__file__).resolve().parents[3]

@@ -2,7 +2,7 @@
 
 import pytest
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]  # one cluster, one test worker
 
 
 def test_sbatch_wrap_runs_two_tasks(slurm_cluster, tmp_path):

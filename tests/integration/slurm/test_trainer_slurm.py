@@ -28,7 +28,7 @@ from megatron_qwen.launch.cli import main as launch
 
 from .local_slurm import poll
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one cluster, one worker
 
 REPO = Path(__file__).resolve().parents[3]
 STEPS = 40
