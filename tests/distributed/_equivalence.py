@@ -107,6 +107,18 @@ def train_layout(preset: str, parallel: ParallelConfig, init_dir: str | None, sa
     return losses
 
 
+def train_layouts(cases: list[tuple]) -> list[list[float]]:
+    """Several layouts of one world size in the same processes (one spawn, one import of megatron-core):
+    each case is train_layout's arguments; the model-parallel state is rebuilt between cases."""
+    from megatron.core import parallel_state
+
+    results = []
+    for case in cases:
+        results.append(train_layout(*case))
+        parallel_state.destroy_model_parallel()
+    return results
+
+
 def full_tensors(ckpt_dir: str, scratch: str) -> dict[str, torch.Tensor]:
     """Every tensor of a dist checkpoint, unsharded (layers stacked on a leading axis), in this process."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save

@@ -2,6 +2,7 @@
 
 For each layout: load the reference run's initial weights, train 3 optimizer steps on the same global
 batch, and compare per-step losses and every final weight with the single-process run (rtol 1e-5).
+The layouts of one world size run in one spawn (one megatron-core import per process), one after another.
 """
 
 import pytest
@@ -34,12 +35,26 @@ def references(tmp_path_factory):
     return refs
 
 
+@pytest.fixture(scope="module")
+def layout_runs(references, tmp_path_factory):
+    """{layout: (per-rank losses, final weights dir)}: every layout of a world size in one spawn."""
+    runs = {}
+    for world in sorted({w for _, w, _ in LAYOUTS.values()}):
+        names = [n for n, (_, w, _) in LAYOUTS.items() if w == world]
+        finals = {n: str(tmp_path_factory.mktemp(n) / "final") for n in names}
+        cases = [(LAYOUTS[n][0], eq.with_layout(**LAYOUTS[n][2]), references[LAYOUTS[n][0]][0], None, finals[n])
+                 for n in names]
+        per_rank = run_workers(world, eq.train_layouts, cases)
+        for k, n in enumerate(names):
+            runs[n] = ([rank[k] for rank in per_rank], finals[n])
+    return runs
+
+
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_layout_matches_single_process(name, references, tmp_path):
-    preset, world, kwargs = LAYOUTS[name]
-    init, ref_final, ref_losses = references[preset]
-    final = str(tmp_path / "final")
-    results = run_workers(world, eq.train_layout, preset, eq.with_layout(**kwargs), init, None, final)
+def test_layout_matches_single_process(name, references, layout_runs, tmp_path):
+    preset = LAYOUTS[name][0]
+    _, ref_final, ref_losses = references[preset]
+    results, final = layout_runs[name]
     losses = results[0]
     print(f"\n[{name}] step  single-process        {name:<22} rel.diff")
     for step, (a, b) in enumerate(zip(ref_losses, losses)):
