@@ -36,7 +36,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -q || skip "apt-get update failed"
+# The package lists are fresh when install_slurm.sh has just updated them: one update per CI run is enough.
+if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -60 2>/dev/null | head -n 1)" ]; then
+  "${sudo[@]}" apt-get update -q || skip "apt-get update failed"
+fi
 "${sudo[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}" \
   || skip "apt-get install failed"
 
