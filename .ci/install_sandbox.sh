@@ -37,7 +37,7 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 # The package lists are fresh when install_slurm.sh has just updated them: one update per CI run is enough.
-if [ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -60 2>/dev/null | head -n 1)" ]; then
+if [ -z "$(find /var/lib/apt/lists -maxdepth 0 -mmin -60 2>/dev/null)" ]; then
   "${sudo[@]}" apt-get update -q || skip "apt-get update failed"
 fi
 "${sudo[@]}" apt-get install -y -q --no-install-recommends "${packages[@]}" \
