@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    sys.argv = [f"megatron-qwen {name}", *rest]  # argparse's prog, and Hydra reads sys.argv
+    saved, sys.argv = sys.argv, [f"megatron-qwen {name}", *rest]  # argparse's prog, and Hydra reads sys.argv
     try:
         return int(module.main(rest) or 0)
     except SystemExit as stop:  # `raise SystemExit("error: ...")` in a command: one line, status 2
@@ -58,3 +58,5 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        sys.argv = saved

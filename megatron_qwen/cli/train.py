@@ -44,9 +44,32 @@ def _hydra_main(dcfg: DictConfig) -> None:
     destroy_distributed()
 
 
+def check_overrides(overrides: list[str]) -> str | None:
+    """The gist of Hydra's complaint about these overrides (unknown experiment, key, type), or None."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_module("megatron_qwen.configs", version_base="1.3"):
+            compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        gist = str(err).strip().splitlines()[0]
+        cause = str(err.__cause__ or "").strip().splitlines()
+        return f"{gist} ({cause[0]})" if cause else gist
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Hydra reads sys.argv: the dispatcher sets it to ["megatron-qwen train", *argv]."""
+    """Hydra reads sys.argv: the dispatcher sets it to ["megatron-qwen train", *argv]. Plain overrides are
+    composed once first, so a mistyped experiment or key is one line and exit status 2, like config rules."""
     if argv is not None:
         sys.argv = ["megatron-qwen train", *argv]
+    overrides = sys.argv[1:]
+    if not any(a.startswith("-") for a in overrides):
+        problem = check_overrides(overrides)
+        if problem:
+            print(f"config error: {problem}", file=sys.stderr)
+            return 2
     _hydra_main()
     return 0
