@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
+from megatron_qwen.checkpointing import manifest
 from megatron_qwen.checkpointing.weights import load_model_checkpoint, model_state, read_record, write_record
 from megatron_qwen.config import Config, ConfigError, ModelConfig
 from megatron_qwen.platform import compute_dtype, on_gpu
@@ -94,6 +95,11 @@ def save(root: str | Path, step: int, chunks, optimizer, scheduler, extra: dict,
         write_record(tmp, model, hf_vocab_size=model.vocab_size,
                      dtype=str(next(chunks[0].parameters()).dtype).removeprefix("torch."))
         write_atomic(tmp / "config.yaml", config_yaml)
+    dist.barrier()
+    shares = [None] * dist.get_world_size()  # the manifest: each rank checksums its share of the files
+    dist.all_gather_object(shares, manifest.describe(tmp, rank, dist.get_world_size()))
+    if rank == 0:
+        manifest.write_manifest(tmp, {k: v for share in shares for k, v in share.items()})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         write_atomic(root / LATEST, final.name + "\n")
@@ -114,7 +120,11 @@ def rotate(root: Path, keep_last: int) -> None:
 
 
 def find_latest(root: str | Path | None) -> Path | None:
-    """The checkpoint `latest` names (None if there is none); warns about newer, incomplete saves."""
+    """The newest intact checkpoint at or before the one `latest` names (None if there is none).
+
+    Newer, incomplete saves are ignored with a warning. Each candidate is checked against its manifest
+    (collectively when a process group exists); a damaged one is reported file by file and the next older
+    complete checkpoint is tried, so bad weights are never loaded silently."""
     if root is None:
         return None
     root = Path(root)
@@ -124,9 +134,35 @@ def find_latest(root: str | Path | None) -> Path | None:
         if p.is_dir() and (latest is None or p.name > latest.name):
             log.warning("ignoring checkpoint %s: its save did not complete (latest is %s)", p,
                         latest.name if latest else "none")
-    if latest is not None and not latest.is_dir():
+    if latest is None:
+        return None
+    if not latest.is_dir():
         raise FileNotFoundError(f"{marker} names {latest.name}, which does not exist")
-    return latest
+    candidates = sorted((p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(PARTIAL)
+                         and p.name <= latest.name), reverse=True)
+    for candidate in candidates:
+        found = checkpoint_problems(candidate)
+        if not found:
+            if candidate != latest:
+                log.error("resuming from %s, the newest intact checkpoint", candidate)
+            return candidate
+        log.error("checkpoint %s is damaged and will not be loaded: %s", candidate, "; ".join(found[:5]))
+    raise RuntimeError(f"{root}: no intact checkpoint (all of {[p.name for p in candidates]} are damaged); "
+                       "see the errors above, or start the stage again with checkpoint.resume=false")
+
+
+def checkpoint_problems(ckpt: Path) -> list[str]:
+    """Everything wrong with `ckpt` by its manifest, found by all ranks together (each checks a share)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if manifest.read_manifest(ckpt) is None:
+        log.warning("%s has no %s (written by an older version): loading it unverified", ckpt, manifest.MANIFEST)
+        return []
+    mine = manifest.problems(ckpt, rank, world)
+    if world == 1:
+        return mine
+    everyone = [None] * world
+    dist.all_gather_object(everyone, mine)
+    return [p for share in everyone for p in share]
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -135,6 +171,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / LATEST).is_file():
         return find_latest(path)
     if (path / "metadata.json").is_file():
+        found = checkpoint_problems(path)
+        if found:
+            raise RuntimeError(f"checkpoint {path} is damaged: " + "; ".join(found[:5]))
         return path
     raise FileNotFoundError(f"checkpoint.init_path={path}: neither a checkpoint nor a dir with a '{LATEST}' marker")
 

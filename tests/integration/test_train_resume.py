@@ -81,3 +81,25 @@ def test_sigterm_saves_at_tp2_and_resumes_at_pp2(tmp_path: Path, reference):
     resumed = metrics(ck / "metrics.jsonl")
     for step in range(1, 7):
         assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5, abs=1e-5), step
+
+
+@pytest.mark.slow
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, reference):
+    """64 bytes flipped in the middle of the newest shard: reported, the previous checkpoint is used, and the
+    resumed steps equal the uninterrupted run's."""
+    from megatron_qwen.training.checkpoint import find_latest
+
+    ck = tmp_path / "ck"
+    train(1, tiny(ck, *STEPS), tmp_path)
+    shard = ck / "iter_0000006" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    shard.write_bytes(bytes(data))
+    out = train(1, tiny(ck, *STEPS), tmp_path)
+    assert "iter_0000006 is damaged and will not be loaded: __0_0.distcp: CRC-32" in out
+    assert f"resuming from {ck / 'iter_0000004'}" in out
+    resumed = metrics(ck / "metrics.jsonl")
+    for step in (5, 6):
+        assert resumed[step]["loss"] == reference[step]["loss"], (step, resumed[step], reference[step])
+    assert find_latest(ck) == ck / "iter_0000006"  # saved again, intact
