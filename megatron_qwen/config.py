@@ -149,6 +149,8 @@ class TrainConfig:
     eval_interval: int = 0  # 0: no evaluation
     eval_iters: int = 2
     dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU; or "bf16", "fp32"
+    # A step whose loss or gradient is not finite is skipped (no update); this many in a row stop the run.
+    max_consecutive_skips: int = 3
 
 
 @dataclass

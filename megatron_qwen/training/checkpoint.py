@@ -301,6 +301,7 @@ class Checkpointer:
         self.cfg, self.chunks, self.optimizer, self.scheduler = cfg, chunks, optimizer, scheduler
         self.config_yaml = config_yaml
         self.run_id: str | None = None  # the W&B run, recorded so a resumed run continues it
+        self.extra: dict = {}  # more train_state the trainer keeps across a resume (e.g. skipped_steps)
         self.last_saved: int | None = None
 
     def due(self, step: int) -> bool:
@@ -311,7 +312,8 @@ class Checkpointer:
         c, t = self.cfg.checkpoint, self.cfg.train
         if not c.dir or self.last_saved == step:
             return
-        extra = {"consumed_samples": step * t.global_batch_size, "wandb_id": self.run_id, "stage": self.cfg.stage.name}
+        extra = {"consumed_samples": step * t.global_batch_size, "wandb_id": self.run_id, "stage": self.cfg.stage.name,
+                 **self.extra}
         save(c.dir, step, self.chunks, self.optimizer, self.scheduler, extra, self.cfg.model, self.config_yaml,
              c.keep_last)
         self.last_saved = step

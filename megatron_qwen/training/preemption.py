@@ -62,17 +62,9 @@ class StopSignal:
 
     def requested_everywhere(self, group=None) -> bool:
         """Some rank was signalled (the same answer on every rank; a collective call)."""
-        import torch
-        import torch.distributed as dist
+        from megatron_qwen.platform.collectives import any_rank
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.requested
-        device = torch.device("cpu")
-        if dist.get_backend(group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-        return bool(flag.item())
+        return any_rank(self.requested, group)
 
 
 def finished_file() -> Path | None:

@@ -10,6 +10,7 @@ the same step as one process.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +27,7 @@ from megatron.core.utils import get_model_config
 
 from megatron_qwen.config import OptimConfig, ParallelConfig
 from megatron_qwen.model.batch import forward
-from megatron_qwen.platform.collectives import is_last_stage, reduce_to_all
+from megatron_qwen.platform.collectives import any_rank, is_last_stage, reduce_to_all
 
 LOSS = "loss"  # the report key every objective's loss function fills: [loss sum, count]
 
@@ -107,6 +108,7 @@ class StepResult:
     totals: dict[str, tuple[float, float]]  # metric -> (global sum, global count)
     grad_norm: float | None = None
     update_successful: bool = True
+    skipped: bool = False  # a non-finite loss or gradient somewhere: nothing was updated
 
     @property
     def loss(self) -> float:
@@ -170,10 +172,26 @@ def train_step(
     keys: tuple[str, ...] = (LOSS,),
 ) -> StepResult:
     """Zero grads, forward+backward every micro-batch, reduce grads, clip, step; `keys` are the metrics
-    the step function's loss reports (see `reduce_reports`)."""
+    the step function's loss reports (see `reduce_reports`).
+
+    A non-finite loss or gradient on any rank skips the update on every rank: the optimizer is not
+    stepped, so weights and optimizer state stay as they were (the caller keeps the schedule too)."""
     for chunk in chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     reports = run_forward_backward(chunks, microbatches, seq_length, micro_batch_size, step_func=step_func)
+    totals = reduce_reports(reports, keys)
+    if any_rank(not (math.isfinite(totals[LOSS][0]) and grads_finite(chunks))):
+        return StepResult(totals, None, update_successful=False, skipped=True)
     update_successful, grad_norm, _ = optimizer.step()
-    return StepResult(reduce_reports(reports, keys), grad_norm, bool(update_successful))
+    return StepResult(totals, grad_norm, bool(update_successful))
+
+
+def grads_finite(chunks: list[torch.nn.Module]) -> bool:
+    """Every gradient this rank holds (megatron's main_grad buffers, already reduced) is finite."""
+    for chunk in chunks:
+        for param in chunk.parameters():
+            grad = getattr(param, "main_grad", None)
+            if grad is not None and not bool(torch.isfinite(grad).all()):
+                return False
+    return True

@@ -70,6 +70,8 @@ class Trainer:
             log.info("resuming from %s", latest)
             state = ckpt.load(latest, self.chunks, self.optimizer, self.scheduler)
         self.start_step = state["step"]
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.consecutive_skips = 0
         self.train_source, valid = self.objective.build_sources(t.train_iters * t.global_batch_size,
                                                                 max(t.eval_iters, 1) * t.global_batch_size)
         self.objective.prepare(PrepareContext(self.wrapped, latest is not None, self._start_model),
@@ -78,6 +80,7 @@ class Trainer:
         self.sink = MetricsSink(cfg, config_dict, state.get("wandb_id") or cfg.logging.wandb_id)
         self.checkpointer = ckpt.Checkpointer(cfg, self.chunks, self.optimizer, self.scheduler, config_yaml)
         self.checkpointer.run_id = self.sink.shared_run_id()
+        self.checkpointer.extra["skipped_steps"] = self.skipped_steps
         self.peak = device_peak_tflops("fp8" if cfg.model.fp8_recipe else "bf16", cfg.logging.peak_tflops)
 
     def _start_model(self):
@@ -86,6 +89,18 @@ class Trainer:
         chunks = build_model(cfg.model, cfg.parallel, cfg.data.seq_length, compute_dtype(cfg.train.dtype))
         ckpt.initialize_weights(cfg, chunks, self.import_hf)
         return chunks
+
+    def _skipped(self, step: int, loss: float) -> None:
+        """Count a skipped step; too many in a row stop the run before anything is saved over `latest`."""
+        self.skipped_steps += 1
+        self.checkpointer.extra["skipped_steps"] = self.skipped_steps
+        self.consecutive_skips += 1
+        limit = self.cfg.train.max_consecutive_skips
+        log.warning("step %d skipped: non-finite loss (%s) or gradient; weights, optimizer and schedule unchanged "
+                    "(%d skipped in a row, limit %d)", step, loss, self.consecutive_skips, limit)
+        if limit and self.consecutive_skips >= limit:
+            raise RuntimeError(f"{self.consecutive_skips} consecutive steps (the last: {step}) had a non-finite loss or "
+                               f"gradient (train.max_consecutive_skips={limit}); the last good checkpoint stays latest")
 
     def _batches(self, step: int) -> list[dict]:
         t = self.cfg.train
@@ -102,22 +117,27 @@ class Trainer:
             lr = current_lr(self.optimizer)
             out = train_step(self.wrapped, self.optimizer, self._batches(step), seq, t.micro_batch_size,
                              self.objective.forward_step, self.objective.report_keys)
-            self.scheduler.step(1)
             step += 1
             window_steps += 1
             result.losses[step] = out.loss
-            window.add({k: v for k, v in out.totals.items() if k != "loss"})
+            if out.skipped:
+                self._skipped(step, out.loss)
+            else:
+                self.scheduler.step(1)
+                self.consecutive_skips = 0
+                window.add({k: v for k, v in out.totals.items() if k != "loss"})
             if step % t.log_interval == 0 or step == t.train_iters:
                 rates = throughput(self.cfg.model, seq, t.global_batch_size * seq * window_steps,
                                    time.perf_counter() - window_start, dist.get_world_size(), self.peak)
                 self.sink.emit(step, {"loss": out.loss, "grad_norm": None if out.grad_norm is None
                                       else float(out.grad_norm), "lr": lr, **rates, **memory_gib(),
-                                      "consumed_samples": step * t.global_batch_size, **window.pop()})
+                                      "consumed_samples": step * t.global_batch_size,
+                                      "skipped_steps": self.skipped_steps, **window.pop()})
                 window_start, window_steps = time.perf_counter(), 0
             evaluated = self.evaluator.due(step)
             if evaluated:
                 self.sink.emit(step, self.evaluator.run())
-            saved = self.checkpointer.maybe_save(step)
+            saved = not out.skipped and self.checkpointer.maybe_save(step)  # never over good weights' label
             if saved or evaluated:
                 window_start = time.perf_counter()  # rates measure training only
             if stop.requested_everywhere():
