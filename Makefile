@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # workers keep both cores busy; Slurm tests share one cluster in one worker (xdist_group "slurm").
 TEST_WORKERS ?= 2
 
-.PHONY: setup test test-fast demo lint clean
+.PHONY: setup test test-fast demo lint clean wheelhouse
 
 setup:
 	@test -n "$(PYTHON312)" || { echo "error: Python 3.12 not found (install it, or pass PYTHON312=/path/to/python3.12)"; exit 1; }
@@ -27,6 +27,18 @@ test-fast:
 
 demo:
 	$(PY) examples/demo/run_demo.py $(DEMO_ARGS)
+
+# Every wheel the project needs (the project's own + `.[$(WHEEL_EXTRAS)]` and all their dependencies) in one
+# directory, for nodes without internet: pip install --no-index --find-links wheelhouse megatron_qwen[test].
+# Build it with the same Python (3.12) and platform as the nodes. torch's Linux wheel from PyPI is the CUDA
+# build (several GB with its nvidia-* wheels); WHEEL_ARGS passes pip options, e.g.
+# WHEEL_ARGS="--index-url https://download.pytorch.org/whl/cu128 --extra-index-url https://pypi.org/simple".
+WHEELHOUSE ?= wheelhouse
+WHEEL_EXTRAS ?= test
+WHEEL_ARGS ?=
+wheelhouse:
+	$(PY) -m pip wheel --wheel-dir $(WHEELHOUSE) $(WHEEL_ARGS) '.[$(WHEEL_EXTRAS)]'
+	@ls $(WHEELHOUSE)/megatron_qwen-*.whl >/dev/null && echo "wheelhouse: $$(ls $(WHEELHOUSE) | wc -l) wheels in $(WHEELHOUSE)"
 
 lint:
 	$(PY) -m ruff check megatron_qwen tests benchmarks examples

@@ -78,8 +78,39 @@ class ParallelConfig:
     sequence_parallel: bool = False
     use_distributed_optimizer: bool = False
     cp_comm_type: str = "p2p"  # p2p, all_gather, a2a, a2a+p2p (TE); the local attention all-gathers K/V
-    overlap_grad_reduce: bool = False
-    overlap_param_gather: bool = False
+
+
+@dataclass
+class PerfConfig:
+    """GPU speed switches. Each one asks for a fusion or an overlap; model/perf.py turns it on only where it
+    runs and is exact (CUDA, the kernels it needs, a compatible layout) and says why when it does not. On a CPU
+    none of them applies. docs/gpu_performance.md has the table and the comparison with published recipes."""
+
+    bias_activation_fusion: bool = True  # fused SwiGLU
+    bias_dropout_fusion: bool = True  # fused residual add (+ dropout)
+    masked_softmax_fusion: bool = True  # megatron's fused softmax (local spec's unfused attention path)
+    apply_rope_fusion: bool = True  # TE's fused RoPE (bshd and packed thd, CP aware); not with YaRN's mscale
+    gradient_accumulation_fusion: bool = True  # wgrad GEMM accumulates into main_grad (needs apex's kernel)
+    cross_entropy_fusion: bool = True  # megatron's fused vocab-parallel cross entropy
+    attention_backend: str = "auto"  # TE spec: "auto", "flash", "fused", "unfused"
+    tp_comm_overlap: bool = True  # TE userbuffers: TP all-gather/reduce-scatter under the GEMMs (needs SP)
+    overlap_grad_reduce: bool = True  # DP gradient reduce-scatter/all-reduce under the backward
+    overlap_param_gather: bool = True  # distributed optimizer's parameter all-gather under the forward
+    overlap_p2p_comm: bool = True  # interleaved pipeline: p2p sends/receives under compute (needs VPP)
+    # "none" or "local": megatron-core captures each layer's forward/backward as CUDA graphs (static shapes:
+    # not with packed sequences or full recomputation). Off by default: it pins graph memory per layer.
+    cuda_graph: str = "none"
+
+
+@dataclass
+class ProfileConfig:
+    """A torch profiler trace (and NVTX ranges on GPU, for Nsight Systems) of steps [first, last]."""
+
+    steps: list[int] = field(default_factory=list)  # [first, last] 1-based, inclusive; empty: no profiling
+    ranks: list[int] = field(default_factory=lambda: [0])  # global ranks that record
+    dir: str | None = None  # None: checkpoint.dir/profile (or ./profile)
+    record_shapes: bool = False
+    with_stack: bool = False
 
 
 @dataclass
@@ -115,7 +146,9 @@ class DataConfig:
     # Megatron blend: [weight, prefix, weight, prefix, ...] or a list of prefixes; None means mock data.
     blend: list[Any] | None = None
     split: str = "98,2,0"
+    # Worker processes that build micro-batches ahead of the step (same samples, same order as 0 workers).
     num_workers: int = 0
+    prefetch_factor: int = 2  # micro-batches each worker keeps ready
     mock: bool = False
     packed_sequences: bool = False
     eod_token_id: int = 151643  # <|endoftext|>; the document separator GPTDataset masks around
@@ -230,6 +263,8 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -242,6 +277,8 @@ class Config:
 
 
 _FP8_RECIPES = (None, "delayed", "tensorwise", "mxfp8", "blockwise")
+ATTENTION_BACKENDS = ("auto", "flash", "fused", "unfused")
+CUDA_GRAPHS = ("none", "local")
 _CP_COMM_TYPES = ("p2p", "all_gather", "a2a", "a2a+p2p")
 
 

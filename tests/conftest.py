@@ -16,6 +16,11 @@ def pytest_collection_modifyitems(config, items):
         return 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=rank)
+    # Every sandbox runs as the same unprivileged user, whose process limit is shared system-wide: a fork
+    # bomb in one pytest worker must not starve a sandbox in the other, so these tests share one worker.
+    for item in items:
+        if "/unit/sandbox/" in str(item.path) or "/unit/codebench/" in str(item.path):
+            item.add_marker(pytest.mark.xdist_group("sandbox"))
 
 
 def free_port() -> int:

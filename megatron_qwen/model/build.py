@@ -1,7 +1,8 @@
 """From our ModelConfig and ParallelConfig to megatron-core `GPTModel`s for this pipeline stage.
 
 `build_transformer_config()` is the one place the Qwen2.5 architecture is spelled in megatron-core's
-terms (SwiGLU, RMSNorm, q/k/v bias only, GQA, RoPE or YaRN, dropout off by default, recomputation, FP8).
+terms (SwiGLU, RMSNorm, q/k/v bias only, GQA, RoPE or YaRN, dropout off by default, recomputation, FP8), plus
+the fusions and overlaps `model/perf.py` grants on a GPU (none on a CPU).
 `build_model()` returns a list: one model chunk per virtual pipeline stage (a single chunk without VPP).
 """
 
@@ -15,9 +16,14 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_qwen.config import ModelConfig, ParallelConfig
+from megatron_qwen.config import ModelConfig, ParallelConfig, PerfConfig
+from megatron_qwen.model.perf import Switches, resolve
 from megatron_qwen.model.specs import block_spec, choose_impl
 from megatron_qwen.platform import on_gpu
+
+# What a model built outside training gets (conversion, evaluation): every switch that needs no process-wide
+# setup; TP communication overlap needs TE's userbuffers, which only the trainer initializes.
+WITHOUT_SETUP = PerfConfig(tp_comm_overlap=False)
 
 
 @dataclasses.dataclass
@@ -34,10 +40,11 @@ class QwenTransformerConfig(TransformerConfig):
 
 
 def build_transformer_config(
-    model: ModelConfig, parallel: ParallelConfig, params_dtype: torch.dtype = torch.float32
+    model: ModelConfig, parallel: ParallelConfig, params_dtype: torch.dtype = torch.float32,
+    switches: Switches | None = None,
 ) -> QwenTransformerConfig:
-    impl = choose_impl(model)
     gpu = on_gpu()
+    switches = switches or resolve(WITHOUT_SETUP, model, parallel)
     fp8 = {}
     if model.fp8_recipe is not None:
         fp8 = dict(
@@ -80,17 +87,9 @@ def build_transformer_config(
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
-        # Fused kernels need CUDA (and apex/TE); the unfused paths are numerically the same.
-        bias_activation_fusion=gpu and impl == "transformer_engine",
-        bias_dropout_fusion=gpu,
-        masked_softmax_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
         persist_layer_norm=False,
-        # Batched p2p posts send_prev before send_next; with PP=2 both go to the same peer, and gloo
-        # matches same-tag messages in posting order, so an activation and a gradient can swap. The
-        # unbatched path orders sends and receives by rank parity, which pairs them correctly.
-        batch_p2p_comm=gpu,
+        # Fusions, overlaps, p2p batching: model/perf.py (on a CPU all off, p2p unbatched).
+        **switches.transformer_config_kwargs(),
         # Initialize full weights on the CPU then shard: the same model at every TP size.
         use_cpu_initialization=not gpu,
         yarn_rotary_scaling_factor=y.factor if y.enabled else 1.0,  # attention reads it for plain RoPE too
@@ -110,9 +109,11 @@ def build_model(
     parallel: ParallelConfig,
     seq_length: int,
     params_dtype: torch.dtype = torch.float32,
+    switches: Switches | None = None,
 ) -> list[GPTModel]:
-    """The GPTModel chunks this rank holds (parallel state must be initialized)."""
-    config = build_transformer_config(model, parallel, params_dtype)
+    """The GPTModel chunks this rank holds (parallel state must be initialized); `switches` as the trainer
+    resolved them (default: `WITHOUT_SETUP` resolved for this machine)."""
+    config = build_transformer_config(model, parallel, params_dtype, switches)
     impl = choose_impl(model)
     vpp = parallel.virtual_pipeline_model_parallel_size
     stages = range(vpp) if vpp else [None]

@@ -7,6 +7,7 @@ and megatron-core runs untouched; without CUDA the CPU adapter is installed firs
 from __future__ import annotations
 
 import logging
+import os
 from datetime import timedelta
 
 import torch
@@ -49,8 +50,11 @@ def init_distributed(
     seed: int = 1234,
     env: DistEnv | None = None,
     timeout_minutes: int = 30,
+    te_rng_tracker: bool = False,
 ) -> int:
-    """Validate the layout, start the process group and megatron's parallel state; returns dp size."""
+    """Validate the layout, start the process group and megatron's parallel state; returns dp size.
+
+    `te_rng_tracker`: Transformer Engine's RNG tracker (CUDA graphs need it)."""
     from megatron.core import parallel_state, tensor_parallel
 
     env = env or read_dist_env()
@@ -59,6 +63,10 @@ def init_distributed(
         validate_model_parallel(model, parallel, seq_length or 0)
 
     if on_gpu():
+        if parallel.tensor_model_parallel_size * parallel.context_parallel_size > 1:
+            # One hardware queue, so TP/CP communication kernels are scheduled before the GEMMs they overlap
+            # (read when the CUDA context is created, i.e. before set_device); a value set by the user wins.
+            os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
         torch.cuda.set_device(env.local_rank)
         backend = "nccl"
     else:
@@ -81,7 +89,7 @@ def init_distributed(
         context_parallel_size=parallel.context_parallel_size,
         distributed_timeout_minutes=timeout_minutes,
     )
-    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed, te_rng_tracker=te_rng_tracker)
     return dp
 
 

@@ -317,10 +317,3 @@ class Checkpointer:
         save(c.dir, step, self.chunks, self.optimizer, self.scheduler, extra, self.cfg.model, self.config_yaml,
              c.keep_last)
         self.last_saved = step
-
-    def maybe_save(self, step: int) -> bool:
-        """Save if this step is due; True when it saved."""
-        if self.due(step):
-            self.save(step)
-            return True
-        return False

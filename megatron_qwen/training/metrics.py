@@ -34,6 +34,8 @@ from megatron_qwen.training.wandb_logger import build_logger
 PEAK_TFLOPS = {
     ("H100", "bf16"): 989.0,
     ("H100", "fp8"): 1979.0,
+    ("H200", "bf16"): 989.0,  # H100's tensor cores with more, faster memory
+    ("H200", "fp8"): 1979.0,
     ("A100", "bf16"): 312.0,
 }
 

@@ -10,8 +10,9 @@ the same step as one process.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,21 +28,32 @@ from megatron.core.utils import get_model_config
 
 from megatron_qwen.config import OptimConfig, ParallelConfig
 from megatron_qwen.model.batch import forward
+from megatron_qwen.model.perf import Switches
 from megatron_qwen.platform.collectives import any_rank, is_last_stage, reduce_to_all
+from megatron_qwen.training.profiling import phase
 
 LOSS = "loss"  # the report key every objective's loss function fills: [loss sum, count]
 
 
-def wrap_model(chunks: list[torch.nn.Module], parallel: ParallelConfig) -> list[DistributedDataParallel]:
-    """Wrap each model chunk in megatron's DDP (contiguous grad buffers, optional sharded optimizer)."""
-    ddp_config = DistributedDataParallelConfig(
+def ddp_config(parallel: ParallelConfig, switches: Switches, num_chunks: int) -> DistributedDataParallelConfig:
+    """megatron's DDP settings: fp32 gradient reduction, the overlaps `switches` grant (model/perf.py)."""
+    return DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=parallel.overlap_grad_reduce,
-        overlap_param_gather=parallel.overlap_param_gather,
+        overlap_grad_reduce=switches.overlap_grad_reduce,
+        overlap_param_gather=switches.overlap_param_gather,
+        # With virtual stages the schedule dispatches each chunk's gather in pipeline order.
+        align_param_gather=switches.overlap_param_gather and num_chunks > 1,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
         # Average over the global token count (calculate_per_token_loss), not over ranks.
         average_in_collective=False,
     )
+
+
+def wrap_model(chunks: list[torch.nn.Module], parallel: ParallelConfig,
+               switches: Switches | None = None) -> list[DistributedDataParallel]:
+    """Wrap each model chunk in megatron's DDP (contiguous grad buffers, optional sharded optimizer), with the
+    gradient-reduce and parameter-gather overlap `switches` grant (none by default)."""
+    ddp = ddp_config(parallel, switches or Switches(), len(chunks))
     wrapped = []
     for index, chunk in enumerate(chunks):
         config = get_model_config(chunk)
@@ -49,7 +61,7 @@ def wrap_model(chunks: list[torch.nn.Module], parallel: ParallelConfig) -> list[
         wrapped.append(
             DistributedDataParallel(
                 config=config,
-                ddp_config=ddp_config,
+                ddp_config=ddp,
                 module=chunk,
                 # Only the first chunk's buckets may be overlapped with the backward of others.
                 disable_bucketing=index > 0,
@@ -58,17 +70,32 @@ def wrap_model(chunks: list[torch.nn.Module], parallel: ParallelConfig) -> list[
     config = get_model_config(wrapped[0])
     config.finalize_model_grads_func = finalize_model_grads
     config.no_sync_func = [c.no_sync for c in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
-    if parallel.overlap_grad_reduce:
+    if ddp.overlap_grad_reduce:
         config.grad_sync_func = [c.start_grad_sync for c in wrapped]
         if len(wrapped) == 1:
             config.grad_sync_func = config.grad_sync_func[0]
+    if ddp.align_param_gather:
+        config.param_sync_func = [c.start_param_sync for c in wrapped]
     return wrapped
 
 
-def build_optimizer(chunks: list[torch.nn.Module], optim: OptimConfig, parallel: ParallelConfig):
-    """megatron-core's optimizer (AdamW, decoupled weight decay) over the DDP-wrapped chunks."""
-    model_config = get_model_config(chunks[0])
-    config = OptimizerConfig(
+@contextlib.contextmanager
+def params_in_sync(chunks: list[DistributedDataParallel]) -> Iterator[None]:
+    """With overlapped parameter gathers, each module receives its updated weights only at its next forward;
+    inside this block every weight is in place (for checkpoints and evaluation)."""
+    hooked = [c for c in chunks if c.ddp_config.overlap_param_gather]
+    for chunk in hooked:
+        chunk.disable_forward_pre_hook(param_sync=True)
+    try:
+        yield
+    finally:
+        for chunk in hooked:
+            chunk.enable_forward_pre_hook()
+
+
+def optimizer_config(optim: OptimConfig, parallel: ParallelConfig, model_config) -> OptimizerConfig:
+    """AdamW with decoupled weight decay, fp32 master weights for bf16 models, optionally sharded over DP."""
+    return OptimizerConfig(
         optimizer="adam",
         lr=optim.lr,
         min_lr=optim.min_lr,
@@ -81,7 +108,11 @@ def build_optimizer(chunks: list[torch.nn.Module], optim: OptimConfig, parallel:
         params_dtype=model_config.params_dtype,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
     )
-    return get_megatron_optimizer(config, chunks)
+
+
+def build_optimizer(chunks: list[torch.nn.Module], optim: OptimConfig, parallel: ParallelConfig):
+    """megatron-core's optimizer over the DDP-wrapped chunks."""
+    return get_megatron_optimizer(optimizer_config(optim, parallel, get_model_config(chunks[0])), chunks)
 
 
 def loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -179,11 +210,13 @@ def train_step(
     for chunk in chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = run_forward_backward(chunks, microbatches, seq_length, micro_batch_size, step_func=step_func)
+    with phase("forward_backward"):
+        reports = run_forward_backward(chunks, microbatches, seq_length, micro_batch_size, step_func=step_func)
     totals = reduce_reports(reports, keys)
     if any_rank(not (math.isfinite(totals[LOSS][0]) and grads_finite(chunks))):
         return StepResult(totals, None, update_successful=False, skipped=True)
-    update_successful, grad_norm, _ = optimizer.step()
+    with phase("optimizer"):
+        update_successful, grad_norm, _ = optimizer.step()
     return StepResult(totals, grad_norm, bool(update_successful))
 
 

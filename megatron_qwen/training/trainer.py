@@ -4,6 +4,11 @@ Build: process groups, the model, the objective (the registry's class for `stage
 DDP and optimizer, the schedule, then resume from `checkpoint.dir` or initialize the stage's weights,
 the sample sources, the objective's `prepare` (DPO's reference pass), the metrics sink and the stop signal.
 
+Speed: `perf` is resolved once (`model/perf.py`) into the fusions and overlaps this machine grants; the
+model, TE's userbuffers and megatron's DDP are built from that one decision. Micro-batches come from
+`datasets/loader.StepBatches` (`data.num_workers` processes build them ahead of the step), and
+`profiling.StepProfiler` traces the steps `profile.steps` names.
+
 Run: each step reads its global batch, trains, and hands the step to the components, each of which
 decides its own timing: the metrics sink logs every `train.log_interval` steps, the evaluator runs every
 `train.eval_interval`, the checkpointer saves every `checkpoint.save_interval`. SIGTERM or SIGUSR1
@@ -23,11 +28,11 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from megatron_qwen.config import Config
-from megatron_qwen.model.batch import to_device
+from megatron_qwen.model import perf
 from megatron_qwen.model.build import build_model
 from megatron_qwen.platform import compute_dtype, init_distributed
 from megatron_qwen.training import checkpoint as ckpt
-from megatron_qwen.training.datasets.sampling import microbatches
+from megatron_qwen.training.datasets.loader import StepBatches
 from megatron_qwen.training.evaluation import Evaluator
 from megatron_qwen.training.metrics import (
     MetricsSink,
@@ -38,8 +43,9 @@ from megatron_qwen.training.metrics import (
 )
 from megatron_qwen.training.objectives import PrepareContext, get_objective
 from megatron_qwen.training.preemption import StopSignal, mark_finished
+from megatron_qwen.training.profiling import StepProfiler, phase
 from megatron_qwen.training.schedule import build_scheduler, current_lr
-from megatron_qwen.training.step import build_optimizer, train_step, wrap_model
+from megatron_qwen.training.step import build_optimizer, params_in_sync, train_step, wrap_model
 
 log = logging.getLogger("megatron_qwen.train")
 
@@ -55,14 +61,21 @@ class Trainer:
     def __init__(self, cfg: Config, config_dict: dict, config_yaml: str, import_hf=None):
         t, c, seq = cfg.train, cfg.checkpoint, cfg.data.seq_length
         self.cfg, self.import_hf = cfg, import_hf
-        self.dp = init_distributed(cfg.parallel, cfg.model, seq, cfg.seed)
+        self.switches = perf.resolve(cfg.perf, cfg.model, cfg.parallel, cfg.data.packed_sequences)
+        self.dp = init_distributed(cfg.parallel, cfg.model, seq, cfg.seed,
+                                   te_rng_tracker=self.switches.cuda_graph != "none")
         self.dp_rank = parallel_state.get_data_parallel_rank()
+        if dist.get_rank() == 0 and self.switches.refused and "*" not in self.switches.refused:  # GPU only
+            log.info("perf switches refused: %s", self.switches.refused)
         self.objective = get_objective(cfg.stage.objective)(cfg)
-        self.chunks = build_model(cfg.model, cfg.parallel, seq, compute_dtype(cfg.train.dtype))
+        dtype = compute_dtype(cfg.train.dtype)
+        if self.switches.tp_comm_overlap:
+            perf.initialize_userbuffers(cfg.model, cfg.parallel, seq, t.micro_batch_size, dtype)
+        self.chunks = build_model(cfg.model, cfg.parallel, seq, dtype, self.switches)
         latest = ckpt.find_latest(c.dir) if c.resume else None
         if latest is None:
             ckpt.initialize_weights(cfg, self.chunks, import_hf)
-        self.wrapped = wrap_model(self.chunks, cfg.parallel)
+        self.wrapped = wrap_model(self.chunks, cfg.parallel, self.switches)
         self.optimizer = build_optimizer(self.wrapped, cfg.optim, cfg.parallel)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.train_iters)
         state = {"step": 0, "wandb_id": None}
@@ -86,7 +99,8 @@ class Trainer:
     def _start_model(self):
         """A frozen copy of the stage's start weights (for DPO's reference after a resume without its cache)."""
         cfg = self.cfg
-        chunks = build_model(cfg.model, cfg.parallel, cfg.data.seq_length, compute_dtype(cfg.train.dtype))
+        chunks = build_model(cfg.model, cfg.parallel, cfg.data.seq_length, compute_dtype(cfg.train.dtype),
+                             self.switches)
         ckpt.initialize_weights(cfg, chunks, self.import_hf)
         return chunks
 
@@ -102,22 +116,23 @@ class Trainer:
             raise RuntimeError(f"{self.consecutive_skips} consecutive steps (the last: {step}) had a non-finite loss or "
                                f"gradient (train.max_consecutive_skips={limit}); the last good checkpoint stays latest")
 
-    def _batches(self, step: int) -> list[dict]:
-        t = self.cfg.train
-        return [to_device(b) for b in microbatches(self.train_source, step * t.global_batch_size, t.global_batch_size,
-                                                   t.micro_batch_size, self.dp_rank, self.dp, self.cfg.data.seq_length)]
-
     def train(self) -> RunResult:
         """Train until train.train_iters or a stop signal (see the module doc)."""
         t, seq = self.cfg.train, self.cfg.data.seq_length
         result, step = RunResult(step=self.start_step), self.start_step
         window, stop = MetricsWindow(), StopSignal.install((signal.SIGTERM, signal.SIGUSR1))
         window_start, window_steps = time.perf_counter(), 0
+        batches = StepBatches(self.train_source, self.cfg, self.dp_rank, self.dp, step)
+        profiler = StepProfiler(self.cfg, dist.get_rank())
         while step < t.train_iters:
             lr = current_lr(self.optimizer)
-            out = train_step(self.wrapped, self.optimizer, self._batches(step), seq, t.micro_batch_size,
+            profiler.before(step + 1)
+            with phase("data"):
+                step_batches = batches.next(step)
+            out = train_step(self.wrapped, self.optimizer, step_batches, seq, t.micro_batch_size,
                              self.objective.forward_step, self.objective.report_keys)
             step += 1
+            profiler.after(step)
             window_steps += 1
             result.losses[step] = out.loss
             if out.skipped:
@@ -134,21 +149,28 @@ class Trainer:
                                       "consumed_samples": step * t.global_batch_size,
                                       "skipped_steps": self.skipped_steps, **window.pop()})
                 window_start, window_steps = time.perf_counter(), 0
-            evaluated = self.evaluator.due(step)
-            if evaluated:
-                self.sink.emit(step, self.evaluator.run())
-            saved = not out.skipped and self.checkpointer.maybe_save(step)  # never over good weights' label
-            if saved or evaluated:
+            # no save right after a skipped step: `latest` keeps naming weights that came from a good step
+            evaluated, saved = self.evaluator.due(step), not out.skipped and self.checkpointer.due(step)
+            if evaluated or saved:
+                with params_in_sync(self.wrapped):  # overlapped parameter gathers land now
+                    if evaluated:
+                        self.sink.emit(step, self.evaluator.run())
+                    if saved:
+                        self.checkpointer.save(step)
                 window_start = time.perf_counter()  # rates measure training only
             if stop.requested_everywhere():
                 log.warning("stop signal received: saving at step %d and exiting", step)
-                self.checkpointer.save(step)
+                with params_in_sync(self.wrapped):
+                    self.checkpointer.save(step)
                 result.stopped = True
                 break
         result.step = step
+        profiler.close()
+        batches.close()
         if not result.stopped:
             if step > self.start_step:  # not when resuming an already finished stage
-                self.checkpointer.save(step)
+                with params_in_sync(self.wrapped):
+                    self.checkpointer.save(step)
             mark_finished()
         stop.uninstall()
         self.sink.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from megatron_qwen.config import (
+    ATTENTION_BACKENDS,
+    CUDA_GRAPHS,
     Config,
     ConfigError,
     derive_data_parallel_size,
@@ -56,6 +58,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError(f"checkpoint.keep_last ({c.keep_last}) must be >= 0")
     if lg.wandb_mode not in WANDB_MODES:
         raise ConfigError(f"logging.wandb_mode ({lg.wandb_mode!r}) must be one of {WANDB_MODES}")
+    validate_speed(cfg)
     get_objective(cfg.stage.objective).check(
         cfg, None if world_size is None else derive_data_parallel_size(cfg.parallel, world_size))
     if world_size is not None:
@@ -63,3 +66,20 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         if t.global_batch_size % (t.micro_batch_size * dp):
             raise ConfigError(f"train.global_batch_size ({t.global_batch_size}) must be divisible by "
                               f"train.micro_batch_size ({t.micro_batch_size}) x data-parallel size ({dp})")
+
+
+def validate_speed(cfg: Config) -> None:
+    """The perf switches' values, the data workers and the profiled steps."""
+    pf, pr, d = cfg.perf, cfg.profile, cfg.data
+    if pf.attention_backend not in ATTENTION_BACKENDS:
+        raise ConfigError(f"perf.attention_backend ({pf.attention_backend!r}) must be one of {ATTENTION_BACKENDS}")
+    if pf.cuda_graph not in CUDA_GRAPHS:
+        raise ConfigError(f"perf.cuda_graph ({pf.cuda_graph!r}) must be one of {CUDA_GRAPHS}")
+    if d.num_workers < 0:
+        raise ConfigError(f"data.num_workers ({d.num_workers}) must be >= 0")
+    if d.num_workers and d.prefetch_factor < 1:
+        raise ConfigError(f"data.prefetch_factor ({d.prefetch_factor}) must be >= 1 with data.num_workers > 0")
+    if pr.steps and (len(pr.steps) != 2 or not 1 <= pr.steps[0] <= pr.steps[1]):
+        raise ConfigError(f"profile.steps ({list(pr.steps)}) must be [first, last] with 1 <= first <= last, or []")
+    if pr.steps and not pr.ranks:
+        raise ConfigError("profile.steps needs at least one rank in profile.ranks")

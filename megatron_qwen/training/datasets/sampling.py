@@ -40,14 +40,18 @@ def shard_for_context_parallel(batch: Batch) -> Batch:
     return shard_batch_for_cp(batch)
 
 
+def microbatch(source: SampleSource, first_sample: int, global_batch: int, micro_batch: int,
+               dp_rank: int, dp_size: int, seq_length: int, index: int) -> Batch:
+    """Micro-batch `index` of this data-parallel rank's share of global samples [first_sample, first_sample + G),
+    before the context-parallel slice."""
+    start = first_sample + dp_rank * (global_batch // dp_size) + index * micro_batch
+    samples = [source[(start + j) % len(source)] for j in range(micro_batch)]
+    return getattr(source, "collate", stack)(samples, seq_length)
+
+
 def microbatches(source: SampleSource, first_sample: int, global_batch: int, micro_batch: int,
                  dp_rank: int, dp_size: int, seq_length: int) -> list[Batch]:
     """This data-parallel rank's micro-batches of global samples [first_sample, first_sample + G)."""
-    share = global_batch // dp_size
-    start = first_sample + dp_rank * share
-    collate = getattr(source, "collate", stack)
-    out = []
-    for offset in range(0, share, micro_batch):
-        samples = [source[(start + offset + j) % len(source)] for j in range(micro_batch)]
-        out.append(shard_for_context_parallel(collate(samples, seq_length)))
-    return out
+    count = global_batch // dp_size // micro_batch
+    return [shard_for_context_parallel(microbatch(source, first_sample, global_batch, micro_batch, dp_rank, dp_size,
+                                                  seq_length, index)) for index in range(count)]

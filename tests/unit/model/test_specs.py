@@ -8,12 +8,6 @@ from megatron_qwen.model import build, specs
 from megatron_qwen.model.presets import get_preset
 
 
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    monkeypatch.setattr(specs, "transformer_engine_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-
-
 def test_local_spec_without_cuda():
     assert not torch.cuda.is_available()
     assert specs.choose_impl(get_preset("tiny")) == "local"
