@@ -40,7 +40,7 @@ def test_train_tokenizer_then_preprocess_file_mode_with_workers(tmp_path):
     assert "doc/s" in r.stderr and "tok/s" in r.stderr  # the progress bar shows both rates
     report = json.loads((tmp_path / "out" / "code_report.json").read_text())
     assert report["documents"] == 40 and report["skipped"]["by_reason"] == {"malformed JSON": 1}
-    assert report["encoder"] == "tiktoken"
+    assert report["encoder"] == "gigatoken"
     docs = read_documents(prefix.with_name("code_text_document"))
     assert len(docs) == 40 and docs[0].dtype == np.uint16  # 422 entries: uint16 like Megatron
     from megatron_qwen.data.tokenizer.qwen import load_tokenizer
