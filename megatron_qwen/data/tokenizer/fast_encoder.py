@@ -191,7 +191,9 @@ class TiktokenEncoder:
         with ThreadPoolExecutor(self.threads) as pool:
             return list(pool.map(self.encode, texts))
 
-    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_flat(self, texts: Sequence[str], parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if parallel is False:
+            return flatten([self.encode(t) for t in texts])
         return flatten(self.encode_batch(texts))
 
 

@@ -12,6 +12,7 @@ Contract: `read_tokenizer_files(path) -> TokenizerFiles` with `.spec` (dict, add
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,14 @@ class TokenizerFiles:
     added: dict[str, int]  # control-token content -> id
     vocab_size: int
 
+    @functools.cached_property
+    def _raw_json(self) -> str:  # the reference and the fast encoder are both built from it
+        return json.dumps(self.spec, ensure_ascii=False)
+
     def spec_json(self, with_added: bool = False) -> str:
         """The spec as JSON; `with_added` puts the added tokens back (for decoding)."""
+        if not with_added:
+            return self._raw_json
         spec = self.spec
         if with_added:
             spec = {**spec, "added_tokens": [

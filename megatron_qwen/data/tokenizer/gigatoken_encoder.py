@@ -18,6 +18,7 @@ from megatron_qwen.data.formats.text import no_surrogates
 
 class GigatokenEncoder:
     name = "gigatoken"
+    SMALL_BATCH = 64
 
     def __init__(self, spec_json: str):
         import gigatoken
@@ -32,15 +33,21 @@ class GigatokenEncoder:
             out = self._tok.encode(no_surrogates(text))
         return out.view(np.int32)  # ids < 2**31: reinterpret the uint32 buffer
 
-    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """All ids of `texts` in one int32 array, and the int64 offsets of each text (len(texts) + 1)."""
+    def encode_flat(self, texts: Sequence[str], parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All ids of `texts` in one int32 array, and the int64 offsets of each text (len(texts) + 1).
+
+        `parallel`: None = gigatoken's thread pool for batches of more than SMALL_BATCH texts (never inside
+        forked workers); False = this thread only (for callers that run one batch per thread themselves)."""
         if not texts:
             return np.zeros(0, np.int32), np.zeros(1, np.int64)
         texts = texts if isinstance(texts, list) else list(texts)
+        # gigatoken's own thread pool only for real batches (and never inside forked workers: None = auto);
+        # small ones, such as the load-time probes, stay on this thread, so no pool exists before a fork
+        parallel = parallel if len(texts) > self.SMALL_BATCH else False
         try:
-            layout = self._tok.encode_batch(texts).layout
+            layout = self._tok.encode_batch(texts, parallel=parallel).layout
         except (TypeError, UnicodeEncodeError):
-            layout = self._tok.encode_batch([no_surrogates(t) for t in texts]).layout
+            layout = self._tok.encode_batch([no_surrogates(t) for t in texts], parallel=parallel).layout
         offsets = np.asarray(layout.offsets, dtype=np.int64)
         tokens = np.asarray(layout.content.data)[offsets[0]:offsets[-1]].view(np.int32)
         return tokens, offsets - offsets[0]

@@ -68,7 +68,7 @@ class _HFRawEncoder:
         encs = self._tok.encode_batch([no_surrogates(t) for t in texts], add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int32) for e in encs]
 
-    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_flat(self, texts: Sequence[str], parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         return flatten(self.encode_batch(texts))
 
 
@@ -142,9 +142,10 @@ class QwenTokenizer:
     def encode_raw_batch_np(self, texts: Sequence[str]) -> list[np.ndarray]:
         return self._encoder.encode_batch(texts)
 
-    def encode_raw_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Every text's ids in one int32 array, plus int64 offsets (text k is tokens[offsets[k]:offsets[k+1]])."""
-        return self._encoder.encode_flat(texts)
+    def encode_raw_flat(self, texts: Sequence[str], parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every text's ids in one int32 array, plus int64 offsets (text k is tokens[offsets[k]:offsets[k+1]]).
+        `parallel=False` keeps the encoding on this thread (for callers running one batch per thread)."""
+        return self._encoder.encode_flat(texts, parallel)
 
     def encode_raw(self, text: str) -> list[int]:
         return self.encode_raw_np(text).tolist()
