@@ -162,7 +162,10 @@ class _Collector:
 
     def finish(self, tokenizer, profile: Counter) -> tuple[dict[str, OutputArrays], int, int]:
         t0 = time.perf_counter()
-        src, starts, lens = self._spans(tokenizer) if self.source else (np.zeros(0, np.int32),) + (np.zeros(0, np.int64),) * 2
+        if self.source:
+            src, starts, lens = self._spans(tokenizer)
+        else:
+            src, starts, lens = np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
         t1 = time.perf_counter()
         lens_list = lens.tolist()
         pieces = {k: [] for k in self.keys}  # piece numbers per output, in order

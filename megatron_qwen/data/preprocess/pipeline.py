@@ -15,12 +15,12 @@ import dataclasses
 import gzip
 import json
 import multiprocessing
-from concurrent.futures import Future, ThreadPoolExecutor
-from multiprocessing.pool import AsyncResult
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 
 from tqdm import tqdm
@@ -251,6 +251,18 @@ def run(options: argparse.Namespace) -> dict:
     return report
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (Linux VmHWM: of this program image, not of a parent before exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
 def build_report(options, tokenizer, paths: dict, t: _Totals, elapsed: float, decontam) -> dict:
     fim = t.counters.get("fim_documents", 0)
     report = {
@@ -276,6 +288,7 @@ def build_report(options, tokenizer, paths: dict, t: _Totals, elapsed: float, de
         "tokens_per_s": round(t.tokens / elapsed, 1) if elapsed else None,
         # where the time went: main-process stages (wall) and worker stages (summed over workers)
         "profile_s": {k: round(v, 3) for k, v in sorted(t.profile.items())},
+        "peak_rss_mb": peak_rss_mb(),
     }
     if decontam is not None:
         report["decontamination"] = {**decontam.describe(), "removed_total": t.removed_count, "removed": t.removed}

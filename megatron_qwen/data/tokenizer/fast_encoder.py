@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from megatron_qwen.data.formats.text import no_surrogates as _no_surrogates
+from megatron_qwen.data.tokenizer.arrays import flatten
 from megatron_qwen.data.tokenizer.files import QWEN2_PATTERN, TokenizerFiles
 
 log = logging.getLogger(__name__)
@@ -118,14 +119,6 @@ def _ranks_of(model: dict) -> dict[bytes, int] | None:
             return None
         last = merged
     return ranks
-
-
-def flatten(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays of ids -> (all ids in one int32 array, int64 offsets with len(arrays) + 1 entries)."""
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-    np.cumsum([a.size for a in arrays], out=offsets[1:])
-    tokens = np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.zeros(0, np.int32)
-    return tokens, offsets
 
 
 def token_nbytes(spec: dict) -> np.ndarray | None:

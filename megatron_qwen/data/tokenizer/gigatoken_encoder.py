@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from megatron_qwen.data.formats.text import no_surrogates
-from megatron_qwen.data.tokenizer.fast_encoder import flatten
+from megatron_qwen.data.tokenizer.arrays import flatten
 
 
 class GigatokenEncoder:

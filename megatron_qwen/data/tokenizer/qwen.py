@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from megatron_qwen.data.formats.text import no_surrogates
-from megatron_qwen.data.tokenizer.fast_encoder import choose_encoder, flatten, line_start_is_boundary, token_nbytes
+from megatron_qwen.data.tokenizer.arrays import flatten
+from megatron_qwen.data.tokenizer.fast_encoder import choose_encoder, line_start_is_boundary, token_nbytes
 from megatron_qwen.data.tokenizer.files import TokenizerFiles, read_tokenizer_files
 
 log = logging.getLogger(__name__)
