@@ -140,3 +140,26 @@ def test_trained_small_tokenizer_has_qwen_added_tokens_in_order(small_tokenizer_
     assert specials["<|im_start|>"] and not specials["<|fim_prefix|>"]
     text = "def f(x):\n    return '<|fim_prefix|>' + x\n"
     assert small.decode(small.encode_raw(text)) == text and max(small.encode_raw(text)) < 600
+
+
+def test_directory_without_tokenizer_json_is_read_only_for_qwen2_classes(tmp_path):
+    (tmp_path / "vocab.json").write_text('{"a": 0, "b": 1, "ab": 2}')
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n")
+    (tmp_path / "tokenizer_config.json").write_text('{"tokenizer_class": "LlamaTokenizer"}')
+    with pytest.raises(ValueError, match=rf"{tmp_path.name}.*'LlamaTokenizer' is not one whose vocab.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "vocab.json").unlink()
+    with pytest.raises(ValueError, match=r"no tokenizer.json, nor vocab.json \+ merges.txt"):
+        load_tokenizer(tmp_path)
+
+
+def test_qwen2_directory_reads_like_transformers(qwen):
+    """The fixture ships vocab.json + merges.txt only: our reading of it must be transformers' reading."""
+    assert not (qwen.path / "tokenizer.json").exists()
+    assert qwen.vocab_size == len(qwen.hf)
+    assert qwen.files.added == {t.content: i for i, t in qwen.hf.added_tokens_decoder.items()}
+    for text in stdlib_texts(5) + list(PROBES):
+        expected = qwen.hf(text, add_special_tokens=False).input_ids
+        if "<|" not in text:
+            assert qwen._hf_raw.encode(text).tolist() == expected
+        assert qwen.decode(expected) == qwen.hf.decode(expected, skip_special_tokens=False)
