@@ -62,6 +62,20 @@ def test_json_the_fast_parser_rejects_is_decided_by_the_standard_rules(qwen, tmp
     assert docs[-1].tolist() == qwen.encode_raw("last") + [qwen.eod]
 
 
+def test_gzip_input_reads_like_plain_input(qwen, tmp_path):
+    import gzip
+
+    lines = [json.dumps({"text": f"record {k} " * (k % 7 + 1)}).encode() for k in range(60)] + [b"{bad"]
+    plain, packed = tmp_path / "in.jsonl", tmp_path / "in.jsonl.gz"
+    plain.write_bytes(b"\n".join(lines) + b"\n")
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    reports = [run_mode(qwen.path, tmp_path, "plain", None, "--input", str(p), "--chunk-bytes", "100", name=p.stem)[0]
+               for p in (plain, packed)]
+    assert [r["skipped_examples"] for r in reports] == [[{"source": str(p), "line": 61, "reason": "malformed JSON"}]
+                                                        for p in (plain, packed)]
+    assert (tmp_path / "in.jsonl_text_document.bin").read_bytes() == (tmp_path / "in_text_document.bin").read_bytes()
+
+
 def test_missing_input_is_a_clear_error(qwen, tmp_path):
     from megatron_qwen.data.preprocess.cli import build_parser
     from megatron_qwen.data.preprocess.pipeline import run
