@@ -88,7 +88,7 @@ def qwen2_spec(vocab: dict[str, int], merges: list[str]) -> dict:
 
 def _read_merges(path: Path) -> list[str]:
     with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+        lines = [line.strip() for line in f.read().split("\n")]  # byte-level tokens hold no whitespace
     if lines and lines[0].startswith("#version"):  # the header transformers skips
         lines = lines[1:]
     return [line for line in lines if line]
