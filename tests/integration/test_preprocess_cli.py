@@ -40,7 +40,7 @@ def test_train_tokenizer_then_preprocess_file_mode_with_workers(tmp_path):
     assert "doc/s" in r.stderr and "tok/s" in r.stderr  # the progress bar shows both rates
     report = json.loads((tmp_path / "out" / "code_report.json").read_text())
     assert report["documents"] == 40 and report["skipped"]["by_reason"] == {"malformed JSON": 1}
-    assert report["encoder"] == "tiktoken"
+    assert report["encoder"] == "gigatoken"
     docs = read_documents(prefix.with_name("code_text_document"))
     assert len(docs) == 40 and docs[0].dtype == np.uint16  # 422 entries: uint16 like Megatron
     from megatron_qwen.data.tokenizer.qwen import load_tokenizer
@@ -56,3 +56,22 @@ def test_cli_rejects_bad_flags_with_clear_errors(tmp_path):
     r = _run("preprocess", "--mode", "file", "--input", "x.jsonl", "--output-prefix",
              str(tmp_path / "o"), "--tokenizer", "t", "--fim-rate", "1.5")
     assert r.returncode != 0 and "--fim-rate must be in [0, 1]" in r.stderr
+
+
+def test_preprocessing_imports_neither_torch_nor_transformers(qwen_tokenizer_dir, tmp_path):
+    """The start-up budget: no torch, no transformers on the preprocessing path (gigatoken is proven exact)."""
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text(json.dumps({"text": "def f(x):\n    return '<|endoftext|>' + x\n"}) + "\n{broken\n")
+    code = (
+        "import sys, json\n"
+        "from megatron_qwen.data.preprocess.cli import main\n"
+        f"main(['--mode', 'file', '--input', {str(jsonl)!r}, '--output-prefix', {str(tmp_path / 'o')!r}, "
+        f"'--tokenizer', {str(qwen_tokenizer_dir)!r}, '--workers', '2', '--fim-rate', '0', '--no-progress'])\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'nltk') if m in sys.modules)))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == []
+    report = json.loads((tmp_path / "o_report.json").read_text())
+    assert report["encoder"] == "gigatoken" and report["skipped"]["by_reason"] == {"malformed JSON": 1}
+    assert max(read_documents(tmp_path / "o_text_document")[0][:-1]) < 151643  # literal control text stayed text

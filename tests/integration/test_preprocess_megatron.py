@@ -85,4 +85,4 @@ def test_plain_matches_megatron_preprocess_data(qwen, megatron_tokenizer, tmp_pa
     assert report["documents"] == 3 * len(records)
     with open(tmp_path / "out.jsonl") as f:
         assert sum(1 for _ in f) == len(records)
-    assert json.loads((tmp_path / "out_report.json").read_text())["encoder"] == "tiktoken"
+    assert json.loads((tmp_path / "out_report.json").read_text())["encoder"] == "gigatoken"

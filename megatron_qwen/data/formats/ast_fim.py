@@ -17,9 +17,9 @@ Files that do not parse cleanly raise `UnparseableError` (callers skip and count
 
 from __future__ import annotations
 
-import functools
 import importlib
 import random
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -148,13 +148,18 @@ def record_language(record: dict, default: str | None = None) -> str | None:
     return from_path or (language_of(lang=default) if default else None)
 
 
-@functools.cache
-def parser_for(language: str):
-    """A tree-sitter parser for `language` (one of NODE_TYPES), created once per process."""
-    import tree_sitter
+_PARSERS = threading.local()  # a tree-sitter Parser is not shared between threads (preprocessing workers)
 
-    module = importlib.import_module(GRAMMAR_MODULES[language])
-    return tree_sitter.Parser(tree_sitter.Language(module.language()))
+
+def parser_for(language: str):
+    """A tree-sitter parser for `language` (one of NODE_TYPES), created once per thread."""
+    parsers = _PARSERS.__dict__
+    if language not in parsers:
+        import tree_sitter
+
+        module = importlib.import_module(GRAMMAR_MODULES[language])
+        parsers[language] = tree_sitter.Parser(tree_sitter.Language(module.language()))
+    return parsers[language]
 
 
 def parse(source: bytes, language: str):

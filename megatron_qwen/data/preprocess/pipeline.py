@@ -11,6 +11,7 @@ the temporary files. Bad records are skipped and counted by reason, never fatal.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import multiprocessing
@@ -18,6 +19,8 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 
 from tqdm import tqdm
@@ -42,21 +45,21 @@ def _open_binary(path: Path):
 
 
 def jsonl_chunks(paths: list[Path], chunk_bytes: int) -> Iterator[Chunk]:
-    """Raw lines of JSONL files, grouped into chunks of about `chunk_bytes`, numbered globally."""
+    """Blocks of whole JSONL lines of about `chunk_bytes`, numbered globally (lines are split in the worker)."""
     record = 0
     for path in paths:
         with _open_binary(path) as f:
-            items, nbytes, first_line = [], 0, 1
-            for line_no, line in enumerate(f, 1):
-                items.append(line)
-                nbytes += len(line)
-                if nbytes >= chunk_bytes:
-                    yield Chunk(str(path), first_line, record, items, nbytes)
-                    record += len(items)
-                    items, nbytes, first_line = [], 0, line_no + 1
-            if items:
-                yield Chunk(str(path), first_line, record, items, nbytes)
-                record += len(items)
+            first_line = 1
+            while True:
+                data = f.read(chunk_bytes)
+                if not data:
+                    break
+                if not data.endswith(b"\n"):
+                    data += f.readline()  # finish the last line
+                lines = data.count(b"\n") + (not data.endswith(b"\n"))
+                yield Chunk(str(path), first_line, record, [], len(data), data)
+                record += lines
+                first_line += lines
 
 
 def record_chunks(records: Iterable[tuple[str, dict]], chunk_bytes: int) -> Iterator[Chunk]:
@@ -95,20 +98,31 @@ def sample_records(paths: list[Path], limit_bytes: int = 50_000_000) -> Callable
 
 
 def run_chunks(chunks: Iterable[Chunk], state: WorkerState, workers: int) -> Iterator[ChunkResult]:
-    """Results in input order; with workers > 1 a forked pool keeps at most 4 chunks per worker in flight."""
+    """Results in input order, at most 4 chunks per worker in flight (bounded read-ahead, room for uneven
+    chunks). Workers are threads when the encoder releases the GIL (gigatoken, tiktoken: one process, one
+    warm tokenizer cache, nothing pickled), else forked processes."""
     set_worker_state(state)
     if workers <= 1:
         for chunk in chunks:
             yield process_chunk(chunk, state)
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    if state.ctx.tokenizer.encoder_name != "hf":
+        state = dataclasses.replace(state, parallel_encode=False)
+        pool_cm = ThreadPoolExecutor(workers)
+        submit = lambda chunk: pool_cm.submit(process_chunk, chunk, state)  # noqa: E731
+        get = Future.result
+    else:
+        pool_cm = multiprocessing.get_context("fork").Pool(workers)
+        submit = lambda chunk: pool_cm.apply_async(process_chunk, (chunk,))  # noqa: E731
+        get = AsyncResult.get
+    with pool_cm:
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.apply_async(process_chunk, (chunk,)))
-            if len(pending) >= 4 * workers:  # bounded read-ahead; room for uneven chunk sizes
-                yield pending.popleft().get()
+            pending.append(submit(chunk))
+            if len(pending) >= 4 * workers:
+                yield get(pending.popleft())
         while pending:
-            yield pending.popleft().get()
+            yield get(pending.popleft())
 
 
 class _Outputs:
@@ -153,8 +167,10 @@ class _Totals:
         self.examples: list[dict] = []
         self.removed: list[dict] = []
         self.removed_count = 0
+        self.profile: Counter = Counter()  # seconds: worker stages summed over workers, main-process stages
 
     def add(self, r: ChunkResult) -> None:
+        self.profile.update({f"worker:{k}": v for k, v in r.profile.items()})
         self.records += r.records
         self.documents += r.documents
         self.tokens += r.tokens
@@ -208,14 +224,21 @@ def run(options: argparse.Namespace) -> dict:
         results = run_chunks(_input_chunks(options, spec), state, options.workers)
         bar = tqdm(desc=f"preprocess {options.mode}", unit="doc", unit_scale=True, disable=options.no_progress,
                    file=sys.stderr, mininterval=0.5)
+        waited = time.perf_counter()
         for result in results:
+            now = time.perf_counter()
+            totals.profile["main:read+wait"] += now - waited
             outputs.add(result)
             totals.add(result)
+            waited = time.perf_counter()
+            totals.profile["main:write"] += waited - now
             bar.update(result.documents)
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.set_postfix_str(f"{totals.tokens / elapsed / 1e6:.2f}M tok/s, {totals.nbytes / 1e6:.0f} MB", refresh=False)
         bar.close()
+        now = time.perf_counter()
         outputs.commit()
+        totals.profile["main:commit"] += time.perf_counter() - now
     except BaseException:
         outputs.abort()
         raise
@@ -226,6 +249,18 @@ def run(options: argparse.Namespace) -> dict:
     write_atomic_text(report_path, json.dumps(report, indent=2) + "\n")
     report["report_path"] = str(report_path)
     return report
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (Linux VmHWM: of this program image, not of a parent before exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
 
 
 def build_report(options, tokenizer, paths: dict, t: _Totals, elapsed: float, decontam) -> dict:
@@ -251,6 +286,9 @@ def build_report(options, tokenizer, paths: dict, t: _Totals, elapsed: float, de
         "elapsed_s": round(elapsed, 3),  # reading, encoding, writing, renaming: rates below use this
         "documents_per_s": round(t.documents / elapsed, 1) if elapsed else None,
         "tokens_per_s": round(t.tokens / elapsed, 1) if elapsed else None,
+        # where the time went: main-process stages (wall) and worker stages (summed over workers)
+        "profile_s": {k: round(v, 3) for k, v in sorted(t.profile.items())},
+        "peak_rss_mb": peak_rss_mb(),
     }
     if decontam is not None:
         report["decontamination"] = {**decontam.describe(), "removed_total": t.removed_count, "removed": t.removed}

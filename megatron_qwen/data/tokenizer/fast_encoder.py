@@ -1,15 +1,20 @@
-"""A tiktoken encoder built from a Hugging Face byte-level BPE, used only where it is proven identical.
+"""Fast encoders built from a Hugging Face byte-level BPE, used only where they are proven identical.
 
 Why it exists: preprocessing is bound by tokenization. For tokenizers shaped like Qwen2's (NFC
 normalizer, one `Split` regex, `ByteLevel` without its own regex, a BPE whose merge order follows the
-token ids) tiktoken's Rust BPE gives the same tokens several times faster than `tokenizers`, and releases
-the GIL so it scales over threads. "Shaped like" is checked structurally, then the encoders are compared
-on a probe set of awkward strings; any mismatch falls back to Hugging Face with a warning.
+token ids) two Rust BPEs give the same tokens many times faster than `tokenizers`: gigatoken (tried
+first, `gigatoken_encoder.py`) and tiktoken (this file). "Shaped like" is checked structurally, then each
+candidate is compared with the Hugging Face encoder on a probe set of awkward strings (one by one and as
+one batch); a candidate that differs is dropped with one warning, and the next one is tried, down to
+Hugging Face itself. Candidates get the spec with its added tokens removed, so literal control-token
+text stays text (a probe checks that too).
+
+Every encoder offers `encode(text)`, `encode_batch(texts)` (a list of int32 arrays) and
+`encode_flat(texts)` (all ids in one int32 array plus int64 offsets, `len(texts) + 1` of them).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import unicodedata
 import warnings
@@ -19,14 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from megatron_qwen.data.formats.text import no_surrogates as _no_surrogates
+from megatron_qwen.data.tokenizer.arrays import flatten
+from megatron_qwen.data.tokenizer.files import QWEN2_PATTERN, TokenizerFiles
 
 log = logging.getLogger(__name__)
 
 # GPT-2's ByteLevel pre-tokenizer regex, used when ByteLevel(use_regex=True) does the splitting.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-QWEN2_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 # Patterns for which a newline followed by a non-whitespace character always ends a pre-token: no
 # alternative can start at "\n" and continue past it except into more whitespace, and whitespace runs that
 # contain a newline end right after their last newline. Text after such a line start then encodes the
@@ -88,9 +92,8 @@ def _pattern_of(spec: dict) -> str | None:
     return split.get("pattern", {}).get("Regex")
 
 
-def line_start_is_boundary(hf_tokenizer) -> bool:
+def line_start_is_boundary(spec: dict) -> bool:
     """True if encode(a + b) == encode(a) + encode(b) whenever b starts a line with a non-space character."""
-    spec = json.loads(hf_tokenizer.backend_tokenizer.to_str())
     return spec.get("normalizer") in (None, {"type": "NFC"}) and _pattern_of(spec) in LINE_SAFE_PATTERNS
 
 
@@ -118,6 +121,32 @@ def _ranks_of(model: dict) -> dict[bytes, int] | None:
     return ranks
 
 
+def token_nbytes(spec: dict) -> np.ndarray | None:
+    """UTF-8 bytes of text each ordinary id stands for (a byte-level vocabulary: one character per byte)."""
+    vocab = (spec.get("model") or {}).get("vocab")
+    if not isinstance(vocab, dict) or not vocab:
+        return None
+    out = np.zeros(max(vocab.values()) + 1, dtype=np.int64)
+    out[np.fromiter(vocab.values(), np.int64, len(vocab))] = np.fromiter(map(len, vocab), np.int64, len(vocab))
+    return out
+
+
+def fast_shape(spec: dict) -> str | None:
+    """The split regex if the spec is shaped like Qwen2's (see the module docstring), else None (logged)."""
+    normalizer = spec.get("normalizer")
+    if normalizer not in (None, {"type": "NFC"}):
+        log.info("fast encoders not used: normalizer %s is not NFC/None", normalizer)
+        return None
+    model = spec.get("model") or {}
+    if model.get("type") != "BPE" or model.get("dropout") or model.get("byte_fallback"):
+        log.info("fast encoders not used: the model is not a byte-level BPE")
+        return None
+    pattern = _pattern_of(spec)
+    if pattern is None:
+        log.info("fast encoders not used: pre-tokenizer is not a single Split regex + ByteLevel")
+    return pattern
+
+
 class TiktokenEncoder:
     """NFC (when the tokenizer normalizes that way) + tiktoken ordinary encoding to int32 numpy arrays."""
 
@@ -135,9 +164,6 @@ class TiktokenEncoder:
                                       special_tokens={self.SENTINEL: max(ranks.values()) + 1})
         self._nfc = nfc
         self.threads = threads
-        self.token_nbytes = np.zeros(max(ranks.values()) + 1, dtype=np.int64)  # bytes each id stands for
-        for token, rank in ranks.items():
-            self.token_nbytes[rank] = len(token)
 
     def _prepare(self, text: str) -> str:
         if self._nfc and not unicodedata.is_normalized("NFC", text):
@@ -158,48 +184,72 @@ class TiktokenEncoder:
         with ThreadPoolExecutor(self.threads) as pool:
             return list(pool.map(self.encode, texts))
 
+    def encode_flat(self, texts: Sequence[str], parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if parallel is False:
+            return flatten([self.encode(t) for t in texts])
+        return flatten(self.encode_batch(texts))
 
-def build_fast_encoder(hf_tokenizer) -> TiktokenEncoder | None:
+
+def build_tiktoken_encoder(files: TokenizerFiles) -> TiktokenEncoder | None:
     """A TiktokenEncoder for this tokenizer, or None (with the reason logged) if its shape does not fit."""
-    spec = json.loads(hf_tokenizer.backend_tokenizer.to_str())
-    normalizer = spec.get("normalizer")
-    if normalizer not in (None, {"type": "NFC"}):
-        log.info("fast encoder not used: normalizer %s is not NFC/None", normalizer)
-        return None
-    pattern = _pattern_of(spec)
+    pattern = fast_shape(files.spec)
     if pattern is None:
-        log.info("fast encoder not used: pre-tokenizer is not a single Split regex + ByteLevel")
         return None
-    ranks = _ranks_of(spec.get("model", {}))
+    ranks = _ranks_of(files.spec.get("model", {}))
     if ranks is None:
-        log.info("fast encoder not used: the model is not a byte-level BPE with id-ordered merges")
+        log.info("tiktoken not used: the model is not a byte-level BPE with id-ordered merges")
         return None
     try:
-        return TiktokenEncoder(pattern, ranks, nfc=normalizer is not None)
+        return TiktokenEncoder(pattern, ranks, nfc=files.spec.get("normalizer") is not None)
     except Exception as e:  # a regex tiktoken's engine rejects, for example
-        log.info("fast encoder not used: tiktoken refused the tokenizer: %s", e)
+        log.info("tiktoken not used: it refused the tokenizer: %s", e)
         return None
+
+
+def build_gigatoken_encoder(files: TokenizerFiles):
+    """A GigatokenEncoder for this tokenizer, or None (with the reason logged)."""
+    if fast_shape(files.spec) is None:
+        return None
+    try:
+        from megatron_qwen.data.tokenizer.gigatoken_encoder import GigatokenEncoder
+
+        return GigatokenEncoder(files.spec_json())
+    except Exception as e:  # not installed, or a spec it cannot load
+        log.info("gigatoken not used: %s", e)
+        return None
+
+
+# The candidates, fastest first; each is a function TokenizerFiles -> encoder or None.
+CANDIDATES = (build_gigatoken_encoder, build_tiktoken_encoder)
 
 
 def first_mismatch(fast, reference, probes: Sequence[str] = PROBES) -> str | None:
-    """The first probe on which the two encoders disagree, or None if they agree on all."""
+    """The first probe on which the two encoders disagree (one by one, or in one batch), or None."""
     for text in probes:
         if not np.array_equal(fast.encode(text), reference.encode(text)):
+            return text
+    tokens, offsets = fast.encode_flat(probes)
+    for k, text in enumerate(probes):
+        if not np.array_equal(tokens[offsets[k]:offsets[k + 1]], reference.encode(text)):
             return text
     return None
 
 
-def try_fast_encoder(hf_tokenizer, reference, source: str = "") -> TiktokenEncoder | None:
-    """Build the fast encoder and prove it equal to `reference` on the probes; None (and a warning) otherwise."""
-    fast = build_fast_encoder(hf_tokenizer)
-    if fast is None:
-        return None
-    bad = first_mismatch(fast, reference)
-    if bad is not None:
-        warnings.warn(
-            f"tiktoken fast path differs from the Hugging Face tokenizer {source} on {bad!r}; "
-            "falling back to Hugging Face encoding (slower, exact)",
-            stacklevel=2,
-        )
-        return None
-    return fast
+def choose_encoder(files: TokenizerFiles, reference, candidates=CANDIDATES):
+    """The first candidate proven equal to `reference` on the probes (plus every control token's text, which
+    must stay text), else `reference` itself; one warning naming every candidate that was built but differs."""
+    probes = (*PROBES, " ".join(files.added) + "\n" + "".join(files.added))
+    chosen, failed = reference, []
+    for build in candidates:
+        fast = build(files)
+        if fast is None:
+            continue
+        bad = first_mismatch(fast, reference, probes)
+        if bad is None:
+            chosen = fast
+            break
+        failed.append(f"{fast.name} on {bad[:80]!r}")
+    if failed:
+        warnings.warn(f"fast encoding differs from the Hugging Face tokenizer {files.path} ({'; '.join(failed)}); "
+                      f"using {chosen.name} (exact)", stacklevel=2)
+    return chosen

@@ -4,18 +4,19 @@ Why it exists: the document formats (docs/formats.md) are built by encoding raw 
 control ids ourselves. In the real Qwen tokenizer the FIM/repo tokens are *not* special, so calling the
 Hugging Face tokenizer on a source file that contains the text `<|fim_prefix|>` would silently emit the
 control id. `encode_raw` therefore never parses added tokens: it runs the model's own normalizer,
-pre-tokenizer and BPE with the added-token table removed. For byte-level BPE tokenizers shaped like
-Qwen2's, a tiktoken encoder built from the same vocabulary does the same job several times faster; it
-is used only after it has been shown token-identical to the Hugging Face path on a probe set at load
-time (see `fast_encoder.py`).
+pre-tokenizer and BPE with the added-token table removed. The directory is read with `tokenizers` alone
+(`files.py`: no transformers, no torch); a fast Rust encoder (gigatoken, else tiktoken) built from the same
+files is used only after it has been shown token-identical to that path on a probe set at load time (see
+`fast_encoder.py`). `.hf` (the transformers tokenizer, for chat templates) loads on first use.
 
 Contract other modules rely on: `load_tokenizer(path) -> QwenTokenizer` with `.vocab_size`, `.eod`,
-`.token_id(text)`, `.encode_raw(text)`, `.encode_raw_batch(texts)`, `.decode(ids)`, `.hf`.
+`.token_id(text)`, `.encode_raw(text)`, `.encode_raw_batch(texts)`, `.encode_raw_flat(texts)`,
+`.decode(ids)`, `.hf`.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -23,6 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from megatron_qwen.data.formats.text import no_surrogates
+from megatron_qwen.data.tokenizer.arrays import flatten
+from megatron_qwen.data.tokenizer.fast_encoder import choose_encoder, line_start_is_boundary, token_nbytes
+from megatron_qwen.data.tokenizer.files import TokenizerFiles, read_tokenizer_files
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +57,10 @@ class _HFRawEncoder:
 
     name = "hf"
 
-    def __init__(self, hf_tokenizer):
+    def __init__(self, files: TokenizerFiles):
         from tokenizers import Tokenizer
 
-        spec = json.loads(hf_tokenizer.backend_tokenizer.to_str())
-        spec["added_tokens"] = []
-        spec["post_processor"] = None  # no BOS/EOS templates: raw pieces only
-        spec["truncation"] = None
-        spec["padding"] = None
-        self._tok = Tokenizer.from_str(json.dumps(spec))
+        self._tok = Tokenizer.from_str(files.spec_json())
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self._tok.encode(no_surrogates(text), add_special_tokens=False).ids, dtype=np.int32)
@@ -70,26 +69,38 @@ class _HFRawEncoder:
         encs = self._tok.encode_batch([no_surrogates(t) for t in texts], add_special_tokens=False)
         return [np.asarray(e.ids, dtype=np.int32) for e in encs]
 
+    def encode_flat(self, texts: Sequence[str], parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return flatten(self.encode_batch(texts))
 
 
 class QwenTokenizer:
     """A loaded tokenizer: raw-text encoding (never producing control ids), control ids, decoding."""
 
-    def __init__(self, path: Path, hf_tokenizer, fast: bool = True):
-        self.path = Path(path)
-        self.hf = hf_tokenizer
-        self._added = {t.content: i for i, t in hf_tokenizer.added_tokens_decoder.items()}
-        self.vocab_size = len(hf_tokenizer)
-        self._hf_raw = _HFRawEncoder(hf_tokenizer)
-        self._encoder = self._hf_raw
-        if fast:
-            from megatron_qwen.data.tokenizer.fast_encoder import try_fast_encoder
-
-            self._encoder = try_fast_encoder(hf_tokenizer, self._hf_raw, source=str(self.path)) or self._hf_raw
+    def __init__(self, files: TokenizerFiles, fast: bool = True):
+        self.path = files.path
+        self.files = files
+        self._added = dict(files.added)
+        self.vocab_size = files.vocab_size
+        self._hf_raw = _HFRawEncoder(files)
+        self._encoder = choose_encoder(files, self._hf_raw) if fast else self._hf_raw
         self.eod = self.token_id(EOD_TOKEN)
-        from megatron_qwen.data.tokenizer.fast_encoder import line_start_is_boundary
+        self.line_start_is_boundary = line_start_is_boundary(files.spec)
 
-        self.line_start_is_boundary = line_start_is_boundary(hf_tokenizer)
+    @functools.cached_property
+    def hf(self):
+        """The transformers tokenizer of the directory (chat templates); imports transformers on first use."""
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        except Exception as e:  # transformers raises many types; name the directory either way
+            raise ValueError(f"could not load a Hugging Face tokenizer from {self.path}: {e}") from e
+
+    @functools.cached_property
+    def _decoder(self):
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.files.spec_json(with_added=True))
 
     # -- control tokens ------------------------------------------------------------------------------
     def token_id(self, text: str) -> int:
@@ -114,14 +125,14 @@ class QwenTokenizer:
     def control_ids(self) -> frozenset[int]:
         return frozenset(self._added.values())
 
-    @property
+    @functools.cached_property
     def token_nbytes(self) -> np.ndarray | None:
-        """UTF-8 bytes of text each ordinary id stands for (fast path only; None on the HF path)."""
-        return getattr(self._encoder, "token_nbytes", None)
+        """UTF-8 bytes of text each ordinary id stands for (fast paths only; None on the HF path)."""
+        return None if self._encoder is self._hf_raw else token_nbytes(self.files.spec)
 
     @property
     def encoder_name(self) -> str:
-        """`tiktoken` when the verified fast path is active, `hf` otherwise."""
+        """`gigatoken` or `tiktoken` when a verified fast path is active, `hf` otherwise."""
         return self._encoder.name
 
     # -- encoding ------------------------------------------------------------------------------------
@@ -132,6 +143,11 @@ class QwenTokenizer:
     def encode_raw_batch_np(self, texts: Sequence[str]) -> list[np.ndarray]:
         return self._encoder.encode_batch(texts)
 
+    def encode_raw_flat(self, texts: Sequence[str], parallel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every text's ids in one int32 array, plus int64 offsets (text k is tokens[offsets[k]:offsets[k+1]]).
+        `parallel=False` keeps the encoding on this thread (for callers running one batch per thread)."""
+        return self._encoder.encode_flat(texts, parallel)
+
     def encode_raw(self, text: str) -> list[int]:
         return self.encode_raw_np(text).tolist()
 
@@ -139,8 +155,7 @@ class QwenTokenizer:
         return [a.tolist() for a in self.encode_raw_batch_np(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = [int(i) for i in ids]
-        return self.hf.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        return self._decoder.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def __repr__(self) -> str:
         return f"QwenTokenizer({str(self.path)!r}, vocab_size={self.vocab_size}, encoder={self.encoder_name})"
@@ -152,25 +167,12 @@ _LOADED: dict[tuple[str, bool], QwenTokenizer] = {}
 def load_tokenizer(path: str | Path, *, fast: bool = True, require: Iterable[str] = (EOD_TOKEN,)) -> QwenTokenizer:
     """Load a Hugging Face tokenizer directory offline and check the control tokens `require` names.
 
-    Loading takes seconds (transformers builds the BPE from vocab.json/merges.txt), so a process keeps
-    one instance per (directory, fast) and returns it again.
+    Loading takes about a second (building the BPE twice: the reference and the fast encoder), so a
+    process keeps one instance per (directory, fast) and returns it again.
     """
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
     key = (str(path.resolve()), fast)
-    if key in _LOADED:
-        _LOADED[key].require(require, purpose="the requested formats")
-        return _LOADED[key]
-    from transformers import AutoTokenizer
-
-    try:
-        hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as e:  # transformers raises many types; name the directory either way
-        raise ValueError(f"could not load a Hugging Face tokenizer from {path}: {e}") from e
-    if not getattr(hf, "is_fast", False):
-        raise ValueError(f"tokenizer in {path} has no fast (Rust `tokenizers`) backend; one is required")
-    tok = QwenTokenizer(path, hf, fast=fast)
-    tok.require(require, purpose="the requested formats")
-    _LOADED[key] = tok
-    return tok
+    if key not in _LOADED:
+        _LOADED[key] = QwenTokenizer(read_tokenizer_files(path), fast=fast)
+    _LOADED[key].require(require, purpose="the requested formats")
+    return _LOADED[key]

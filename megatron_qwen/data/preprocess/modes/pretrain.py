@@ -12,9 +12,9 @@ source file and applies file-level FIM (PSM/SPM) at `--fim-rate`; it always ends
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from megatron_qwen.data.formats.code import ControlIds, file_document
-from megatron_qwen.data.formats.sentences import SentenceSplitter, train_punkt
 from megatron_qwen.data.preprocess.modes.registry import (
     Document,
     ModeContext,
@@ -23,6 +23,9 @@ from megatron_qwen.data.preprocess.modes.registry import (
     register_mode,
 )
 from megatron_qwen.data.tokenizer.qwen import EOD_TOKEN, FIM_TOKENS
+
+if TYPE_CHECKING:  # nltk (Punkt) costs 0.4 s to import: only --split-sentences loads it
+    from megatron_qwen.data.formats.sentences import SentenceSplitter
 
 
 def text_field(record: dict, key: str) -> str | list[str]:
@@ -70,6 +73,8 @@ def prepare_sentences(options: argparse.Namespace, tokenizer, sample_records) ->
                     yield value
                 elif isinstance(value, list):
                     yield from (v for v in value if isinstance(v, str))
+
+    from megatron_qwen.data.formats.sentences import SentenceSplitter, train_punkt
 
     params = train_punkt(texts(), max_chars=options.punkt_train_chars)
     return {"splitter": SentenceSplitter(params, keep_newlines=options.keep_newlines)}

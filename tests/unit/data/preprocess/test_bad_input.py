@@ -45,6 +45,37 @@ def test_bad_records_are_counted_and_skipped(qwen, tmp_path):
     assert json.loads((tmp_path / "o_report.json").read_text())["skipped"]["total"] == 6
 
 
+def test_json_the_fast_parser_rejects_is_decided_by_the_standard_rules(qwen, tmp_path):
+    """orjson refuses lone surrogates and NaN, which Python's json accepts: those records still count, and
+    line numbers stay exact across small blocks read by two workers, CRLF and a last line without newline."""
+    lines = [json.dumps({"text": "lone \ud800 surrogate"}).encode(), b'{"text": "nan", "score": NaN}',
+             b'{"text": "crlf"}\r', b"{broken", json.dumps({"text": "x" * 300}).encode()] * 3
+    lines += [b'{"text": "last"}']
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    report, prefix = run_mode(qwen.path, tmp_path, "plain", None, "--input", str(path), "--workers", "2",
+                              "--chunk-bytes", "40", "--append-eod")
+    assert report["documents"] == 13 and report["skipped"]["by_reason"] == {"malformed JSON": 3}
+    assert [e["line"] for e in report["skipped_examples"]] == [4, 9, 14]
+    docs = read_documents(prefix.with_name("out_text_document"))
+    assert docs[0].tolist() == qwen.encode_raw("lone \ufffd surrogate") + [qwen.eod]
+    assert docs[-1].tolist() == qwen.encode_raw("last") + [qwen.eod]
+
+
+def test_gzip_input_reads_like_plain_input(qwen, tmp_path):
+    import gzip
+
+    lines = [json.dumps({"text": f"record {k} " * (k % 7 + 1)}).encode() for k in range(60)] + [b"{bad"]
+    plain, packed = tmp_path / "in.jsonl", tmp_path / "in.jsonl.gz"
+    plain.write_bytes(b"\n".join(lines) + b"\n")
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    reports = [run_mode(qwen.path, tmp_path, "plain", None, "--input", str(p), "--chunk-bytes", "100", name=p.stem)[0]
+               for p in (plain, packed)]
+    assert [r["skipped_examples"] for r in reports] == [[{"source": str(p), "line": 61, "reason": "malformed JSON"}]
+                                                        for p in (plain, packed)]
+    assert (tmp_path / "in.jsonl_text_document.bin").read_bytes() == (tmp_path / "in_text_document.bin").read_bytes()
+
+
 def test_missing_input_is_a_clear_error(qwen, tmp_path):
     from megatron_qwen.data.preprocess.cli import build_parser
     from megatron_qwen.data.preprocess.pipeline import run

@@ -152,3 +152,21 @@ def test_fit_pair_reports_the_worse_outcome_and_drops_if_either_side_would_be():
     assert fit_pair(segs(3), segs(20), 12)[1] == "truncated_tokens"
     assert fit_pair(segs(3), segs(20), 12, "drop") == (None, "dropped")
     assert fit_pair(segs(3), segs(3), 7) == (None, "dropped")      # no answer token would remain
+
+
+@pytest.mark.parametrize("mode", ["sft-fim", "sft"])
+def test_thread_workers_write_what_one_worker_writes(qwen, tmp_path, monkeypatch, mode):
+    """With the gigatoken encoder the workers are threads (shared tokenizer, per-thread tree-sitter parsers)."""
+    if mode == "sft":
+        records = [chat(f"question {k}", f"answer {k} " * k) for k in range(40)]
+    else:
+        records = [{"text": PY, "path": "pkg/util.py"}, {"text": JAVA, "path": "A.java"}, {"text": JS, "lang": "js"},
+                   {"text": CPP, "language": "C++"}] * 10
+    outputs = []
+    for workers in ("1", "2"):
+        (tmp_path / workers).mkdir()
+        _, prefix = run(qwen, tmp_path / workers, monkeypatch, mode, records, "--workers", workers,
+                        "--chunk-bytes", "600", "--ast-fim-chat-rate", "0.5")
+        outputs.append([open(f"{prefix}_{k}_document.{e}", "rb").read() for k in ("text", "loss_mask")
+                        for e in ("bin", "idx")])
+    assert qwen.encoder_name == "gigatoken" and outputs[0] == outputs[1]
