@@ -18,9 +18,14 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)
     # Every sandbox runs as the same unprivileged user, whose process limit is shared system-wide: a fork
     # bomb in one pytest worker must not starve a sandbox in the other, so these tests share one worker.
+    # Multi-process and end-to-end modules keep their tests in one worker: their module-scoped fixtures
+    # (single-process reference runs, trained checkpoints) are expensive and would run once per worker.
     for item in items:
-        if "/unit/sandbox/" in str(item.path) or "/unit/codebench/" in str(item.path):
+        path = str(item.path)
+        if "/unit/sandbox/" in path or "/unit/codebench/" in path:
             item.add_marker(pytest.mark.xdist_group("sandbox"))
+        elif ("/distributed/" in path or "/integration/" in path) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
 
 def free_port() -> int:
