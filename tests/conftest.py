@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     """Longest first: the end-to-end tests marked slow start before the short ones, so that with two
     pytest-xdist workers (`make test`) no long test starts last and stretches the run (stable otherwise)."""
