@@ -184,6 +184,8 @@ class TrainConfig:
     dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU; or "bf16", "fp32"
     # A step whose loss or gradient is not finite is skipped (no update); this many in a row stop the run.
     max_consecutive_skips: int = 3
+    # No completed step for this many seconds: dump every thread's stack and exit 3 (0: no watchdog).
+    watchdog_seconds: float = 0.0
 
 
 @dataclass

@@ -46,6 +46,7 @@ from megatron_qwen.training.preemption import StopSignal, mark_finished
 from megatron_qwen.training.profiling import StepProfiler, phase
 from megatron_qwen.training.schedule import build_scheduler, current_lr
 from megatron_qwen.training.step import build_optimizer, params_in_sync, train_step, wrap_model
+from megatron_qwen.training.watchdog import Watchdog
 
 log = logging.getLogger("megatron_qwen.train")
 
@@ -124,6 +125,7 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         batches = StepBatches(self.train_source, self.cfg, self.dp_rank, self.dp, step)
         profiler = StepProfiler(self.cfg, dist.get_rank())
+        watchdog = Watchdog(t.watchdog_seconds)  # a hang anywhere in a step ends the process (exit 3)
         while step < t.train_iters:
             lr = current_lr(self.optimizer)
             profiler.before(step + 1)
@@ -133,6 +135,7 @@ class Trainer:
                              self.objective.forward_step, self.objective.report_keys)
             step += 1
             profiler.after(step)
+            watchdog.beat()
             window_steps += 1
             result.losses[step] = out.loss
             if out.skipped:
@@ -158,6 +161,7 @@ class Trainer:
                     if saved:
                         self.checkpointer.save(step)
                 window_start = time.perf_counter()  # rates measure training only
+                watchdog.beat()
             if stop.requested_everywhere():
                 log.warning("stop signal received: saving at step %d and exiting", step)
                 with params_in_sync(self.wrapped):
@@ -165,6 +169,7 @@ class Trainer:
                 result.stopped = True
                 break
         result.step = step
+        watchdog.stop()
         profiler.close()
         batches.close()
         if not result.stopped:

@@ -32,6 +32,8 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
                           f"train.micro_batch_size ({t.micro_batch_size})")
     if t.eval_interval < 0 or t.eval_iters < 0:
         raise ConfigError(f"train.eval_interval ({t.eval_interval}) and train.eval_iters ({t.eval_iters}) must be >= 0")
+    if t.watchdog_seconds < 0:
+        raise ConfigError(f"train.watchdog_seconds ({t.watchdog_seconds}) must be >= 0 (0: no watchdog)")
     if t.max_consecutive_skips < 0:
         raise ConfigError(f"train.max_consecutive_skips ({t.max_consecutive_skips}) must be >= 0 (0: never stop)")
     if t.dtype not in DTYPES:

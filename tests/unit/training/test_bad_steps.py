@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
-
 from megatron_qwen.platform.spawn import run_workers
 
 SEQ, STEPS, BAD = 16, 6, 4
@@ -110,16 +108,3 @@ def test_consecutive_skips_stop_the_run_and_latest_stays_good(tmp_path):
     (r,) = run_workers(1, _stop_after_consecutive_skips, str(tmp_path))
     assert r["error"] and "3 consecutive steps (the last: 7)" in r["error"] and r["skipped"] == 3
     assert (tmp_path / "latest").read_text().strip() == "iter_0000004"  # saved before the bad steps, not after
-
-
-@pytest.mark.parametrize("value", [-1])
-def test_the_limit_must_not_be_negative(value):
-    from megatron_qwen.config import Config, ConfigError
-    from megatron_qwen.training.validate import validate_config
-
-    cfg = Config()
-    cfg.train.max_consecutive_skips = value
-    with pytest.raises(ConfigError, match="train.max_consecutive_skips"):
-        validate_config(cfg)
-
-

@@ -28,6 +28,8 @@ def test_default_config_is_valid():
     ({"train__global_batch_size": 6}, 4, "x data-parallel size (4)"),
     ({"train__eval_iters": -1}, None, "train.eval_iters"),
     ({"train__dtype": "fp16"}, None, "train.dtype"),
+    ({"train__watchdog_seconds": -1.0}, None, "train.watchdog_seconds (-1.0) must be >= 0"),
+    ({"train__max_consecutive_skips": -1}, None, "train.max_consecutive_skips (-1) must be >= 0"),
     ({"data__seq_length": 65536}, None, "data.seq_length (65536) exceeds model.max_position_embeddings"),
     ({"optim__schedule": "step"}, None, "optim.schedule ('step')"),
     ({"optim__warmup_steps": 11}, None, "optim.warmup_steps (11)"),
