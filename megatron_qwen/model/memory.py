@@ -9,8 +9,8 @@ stage (the plan reports the most loaded one):
 - gradients: megatron's DDP buffer, fp32 (`grad_reduce_in_fp32`), one per parameter;
 - optimizer: Adam's two fp32 moments plus an fp32 master copy when the parameters are bf16, sharded
   over DP×CP with the distributed optimizer;
-- activations: what the forward saves for backward, per layer and token (Korthikanti et al. 2022,
-  rewritten for GQA and SwiGLU), for the micro-batches a 1F1B first stage keeps in flight, plus the
+- activations: what the forward saves for backward, per layer and token (the selective-
+  recomputation accounting of Megatron-LM, rewritten for GQA and SwiGLU), for the micro-batches a 1F1B first stage keeps in flight, plus the
   output layer's logits. Per token of one layer, in elements (s = tokens on this CP rank), for the
   Transformer Engine spec: fused norm+linear input and norm output 4h (÷TP with sequence parallelism),
   flash attention q/k/v (a+2g)d and its output (shared with the projection input) ad, SwiGLU input

@@ -2,7 +2,7 @@
 
 Why it exists: the DPO objective (`dpo.py`) computes per-token log-probs of the policy and of the
 frozen reference model on paired batches (`training.datasets.preference.collate_pairs`); everything DPO-specific is
-here, small and tested against the formula (Rafailov et al. 2023, arXiv 2305.18290):
+here, small and tested against the formula:
 
     h      = beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))]
     L_DPO  = -(1 - eps) * log sigmoid(h) - eps * log sigmoid(-h)        (eps: label smoothing, cDPO)
