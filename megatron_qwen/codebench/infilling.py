@@ -1,6 +1,6 @@
 """Single-line infilling built from HumanEval, the way HumanEval-SingleLineInfilling was built: every
-non-blank line of a canonical solution becomes one task whose
-middle is that line, prefix = prompt + the solution lines before it, suffix = the lines after it.
+non-blank line of a canonical solution becomes one task whose middle is that line, prefix = prompt + the
+solution lines before it, suffix = the lines after it.
 From the 164 problems this gives 1033 tasks, the published size of that benchmark.
 
 Exact match (defined here, used throughout):
