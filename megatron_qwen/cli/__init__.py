@@ -16,6 +16,7 @@ from megatron_qwen.config import ConfigError
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("megatron_qwen.cli.train", "train one stage: Hydra overrides, e.g. experiment=tiny_cpu train.train_iters=20"),
     "launch": ("megatron_qwen.launch.cli", "compose, validate and submit stages to Slurm (or run them locally), chained"),
+    "status": ("megatron_qwen.launch.status", "each stage of a run: state, last step and loss, checkpoint, restarts"),
     "preprocess": ("megatron_qwen.data.preprocess.cli", "JSONL records or repositories -> Megatron indexed datasets"),
     "decontaminate": ("megatron_qwen.data.decontamination.cli", "drop JSONL records sharing a 10-gram with benchmarks"),
     "make-ast-fim": ("megatron_qwen.data.preprocess.ast_fim_mix", "AST-FIM conversations from code, mixed into SFT data"),
