@@ -135,6 +135,7 @@ class ClusterConfig:
     srun_args: list[str] = field(default_factory=list)  # extra srun options
     signal_lead_seconds: int = 300  # USR1 reaches the batch shell this long before the time limit
     max_requeues: int = 50  # a stage that keeps stopping early gives up after this many requeues
+    max_crash_requeues: int = 2  # a stage that exits with an error is requeued this many times, then fails
     python: str = "python"  # the interpreter inside the job, after the setup lines
 
 

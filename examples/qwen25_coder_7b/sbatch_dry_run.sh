@@ -22,6 +22,8 @@ set -uo pipefail
 STAGE_DIR=/checkpoints/qwen25_coder_7b/stage1_file_pretrain
 export MEGATRON_QWEN_FINISHED_FILE="$STAGE_DIR/FINISHED"
 MAX_REQUEUES=50
+MAX_CRASH_REQUEUES=2
+CRASHES_FILE="$STAGE_DIR/crashes"
 RESTARTS="${SLURM_RESTART_COUNT:-0}"
 log() { echo "[launch $(date -Is)] job $SLURM_JOB_ID (restart $RESTARTS): $*"; }
 
@@ -73,15 +75,24 @@ if [ -e "$MEGATRON_QWEN_FINISHED_FILE" ]; then
   log "stage finished"
   exit 0
 fi
+# A crash (non-zero status without a signal: an NCCL error, a node fault, an OOM, the hang watchdog)
+# is requeued too, up to cluster.max_crash_requeues times per stage, counted apart from preemptions.
 if [ "$RC" -ne 0 ] && [ "$SIGNALLED" = 0 ]; then
-  log "trainer failed with exit status $RC; not requeueing"
-  exit "$RC"
+  CRASHES=$(( $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) + 1 ))
+  echo "$CRASHES" > "$CRASHES_FILE"
+  if [ "$CRASHES" -gt "$MAX_CRASH_REQUEUES" ]; then
+    log "trainer failed with exit status $RC (crash $CRASHES, cluster.max_crash_requeues=$MAX_CRASH_REQUEUES); not requeueing"
+    exit "$RC"
+  fi
+  log "trainer failed with exit status $RC (crash $CRASHES of at most $MAX_CRASH_REQUEUES); requeueing to resume from the last checkpoint"
+else
+  PREEMPTIONS=$(( RESTARTS - $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) ))
+  if [ "$PREEMPTIONS" -ge "$MAX_REQUEUES" ]; then
+    log "stopped early (status $RC) but already requeued $PREEMPTIONS times (cluster.max_requeues); giving up"
+    exit 1
+  fi
+  log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 fi
-if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then
-  log "stopped early (status $RC) but already requeued $RESTARTS times (cluster.max_requeues); giving up"
-  exit 1
-fi
-log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed"; exit 1; }
 exit 0
 
@@ -109,6 +120,8 @@ set -uo pipefail
 STAGE_DIR=/checkpoints/qwen25_coder_7b/stage2_repo_pretrain
 export MEGATRON_QWEN_FINISHED_FILE="$STAGE_DIR/FINISHED"
 MAX_REQUEUES=50
+MAX_CRASH_REQUEUES=2
+CRASHES_FILE="$STAGE_DIR/crashes"
 RESTARTS="${SLURM_RESTART_COUNT:-0}"
 log() { echo "[launch $(date -Is)] job $SLURM_JOB_ID (restart $RESTARTS): $*"; }
 
@@ -160,15 +173,24 @@ if [ -e "$MEGATRON_QWEN_FINISHED_FILE" ]; then
   log "stage finished"
   exit 0
 fi
+# A crash (non-zero status without a signal: an NCCL error, a node fault, an OOM, the hang watchdog)
+# is requeued too, up to cluster.max_crash_requeues times per stage, counted apart from preemptions.
 if [ "$RC" -ne 0 ] && [ "$SIGNALLED" = 0 ]; then
-  log "trainer failed with exit status $RC; not requeueing"
-  exit "$RC"
+  CRASHES=$(( $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) + 1 ))
+  echo "$CRASHES" > "$CRASHES_FILE"
+  if [ "$CRASHES" -gt "$MAX_CRASH_REQUEUES" ]; then
+    log "trainer failed with exit status $RC (crash $CRASHES, cluster.max_crash_requeues=$MAX_CRASH_REQUEUES); not requeueing"
+    exit "$RC"
+  fi
+  log "trainer failed with exit status $RC (crash $CRASHES of at most $MAX_CRASH_REQUEUES); requeueing to resume from the last checkpoint"
+else
+  PREEMPTIONS=$(( RESTARTS - $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) ))
+  if [ "$PREEMPTIONS" -ge "$MAX_REQUEUES" ]; then
+    log "stopped early (status $RC) but already requeued $PREEMPTIONS times (cluster.max_requeues); giving up"
+    exit 1
+  fi
+  log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 fi
-if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then
-  log "stopped early (status $RC) but already requeued $RESTARTS times (cluster.max_requeues); giving up"
-  exit 1
-fi
-log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed"; exit 1; }
 exit 0
 
@@ -196,6 +218,8 @@ set -uo pipefail
 STAGE_DIR=/checkpoints/qwen25_coder_7b/stage3_long_context
 export MEGATRON_QWEN_FINISHED_FILE="$STAGE_DIR/FINISHED"
 MAX_REQUEUES=50
+MAX_CRASH_REQUEUES=2
+CRASHES_FILE="$STAGE_DIR/crashes"
 RESTARTS="${SLURM_RESTART_COUNT:-0}"
 log() { echo "[launch $(date -Is)] job $SLURM_JOB_ID (restart $RESTARTS): $*"; }
 
@@ -247,15 +271,24 @@ if [ -e "$MEGATRON_QWEN_FINISHED_FILE" ]; then
   log "stage finished"
   exit 0
 fi
+# A crash (non-zero status without a signal: an NCCL error, a node fault, an OOM, the hang watchdog)
+# is requeued too, up to cluster.max_crash_requeues times per stage, counted apart from preemptions.
 if [ "$RC" -ne 0 ] && [ "$SIGNALLED" = 0 ]; then
-  log "trainer failed with exit status $RC; not requeueing"
-  exit "$RC"
+  CRASHES=$(( $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) + 1 ))
+  echo "$CRASHES" > "$CRASHES_FILE"
+  if [ "$CRASHES" -gt "$MAX_CRASH_REQUEUES" ]; then
+    log "trainer failed with exit status $RC (crash $CRASHES, cluster.max_crash_requeues=$MAX_CRASH_REQUEUES); not requeueing"
+    exit "$RC"
+  fi
+  log "trainer failed with exit status $RC (crash $CRASHES of at most $MAX_CRASH_REQUEUES); requeueing to resume from the last checkpoint"
+else
+  PREEMPTIONS=$(( RESTARTS - $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) ))
+  if [ "$PREEMPTIONS" -ge "$MAX_REQUEUES" ]; then
+    log "stopped early (status $RC) but already requeued $PREEMPTIONS times (cluster.max_requeues); giving up"
+    exit 1
+  fi
+  log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 fi
-if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then
-  log "stopped early (status $RC) but already requeued $RESTARTS times (cluster.max_requeues); giving up"
-  exit 1
-fi
-log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed"; exit 1; }
 exit 0
 
@@ -283,6 +316,8 @@ set -uo pipefail
 STAGE_DIR=/checkpoints/qwen25_coder_7b/stage4_sft_coarse
 export MEGATRON_QWEN_FINISHED_FILE="$STAGE_DIR/FINISHED"
 MAX_REQUEUES=50
+MAX_CRASH_REQUEUES=2
+CRASHES_FILE="$STAGE_DIR/crashes"
 RESTARTS="${SLURM_RESTART_COUNT:-0}"
 log() { echo "[launch $(date -Is)] job $SLURM_JOB_ID (restart $RESTARTS): $*"; }
 
@@ -334,15 +369,24 @@ if [ -e "$MEGATRON_QWEN_FINISHED_FILE" ]; then
   log "stage finished"
   exit 0
 fi
+# A crash (non-zero status without a signal: an NCCL error, a node fault, an OOM, the hang watchdog)
+# is requeued too, up to cluster.max_crash_requeues times per stage, counted apart from preemptions.
 if [ "$RC" -ne 0 ] && [ "$SIGNALLED" = 0 ]; then
-  log "trainer failed with exit status $RC; not requeueing"
-  exit "$RC"
+  CRASHES=$(( $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) + 1 ))
+  echo "$CRASHES" > "$CRASHES_FILE"
+  if [ "$CRASHES" -gt "$MAX_CRASH_REQUEUES" ]; then
+    log "trainer failed with exit status $RC (crash $CRASHES, cluster.max_crash_requeues=$MAX_CRASH_REQUEUES); not requeueing"
+    exit "$RC"
+  fi
+  log "trainer failed with exit status $RC (crash $CRASHES of at most $MAX_CRASH_REQUEUES); requeueing to resume from the last checkpoint"
+else
+  PREEMPTIONS=$(( RESTARTS - $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) ))
+  if [ "$PREEMPTIONS" -ge "$MAX_REQUEUES" ]; then
+    log "stopped early (status $RC) but already requeued $PREEMPTIONS times (cluster.max_requeues); giving up"
+    exit 1
+  fi
+  log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 fi
-if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then
-  log "stopped early (status $RC) but already requeued $RESTARTS times (cluster.max_requeues); giving up"
-  exit 1
-fi
-log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed"; exit 1; }
 exit 0
 
@@ -370,6 +414,8 @@ set -uo pipefail
 STAGE_DIR=/checkpoints/qwen25_coder_7b/stage5_sft_fine
 export MEGATRON_QWEN_FINISHED_FILE="$STAGE_DIR/FINISHED"
 MAX_REQUEUES=50
+MAX_CRASH_REQUEUES=2
+CRASHES_FILE="$STAGE_DIR/crashes"
 RESTARTS="${SLURM_RESTART_COUNT:-0}"
 log() { echo "[launch $(date -Is)] job $SLURM_JOB_ID (restart $RESTARTS): $*"; }
 
@@ -421,15 +467,24 @@ if [ -e "$MEGATRON_QWEN_FINISHED_FILE" ]; then
   log "stage finished"
   exit 0
 fi
+# A crash (non-zero status without a signal: an NCCL error, a node fault, an OOM, the hang watchdog)
+# is requeued too, up to cluster.max_crash_requeues times per stage, counted apart from preemptions.
 if [ "$RC" -ne 0 ] && [ "$SIGNALLED" = 0 ]; then
-  log "trainer failed with exit status $RC; not requeueing"
-  exit "$RC"
+  CRASHES=$(( $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) + 1 ))
+  echo "$CRASHES" > "$CRASHES_FILE"
+  if [ "$CRASHES" -gt "$MAX_CRASH_REQUEUES" ]; then
+    log "trainer failed with exit status $RC (crash $CRASHES, cluster.max_crash_requeues=$MAX_CRASH_REQUEUES); not requeueing"
+    exit "$RC"
+  fi
+  log "trainer failed with exit status $RC (crash $CRASHES of at most $MAX_CRASH_REQUEUES); requeueing to resume from the last checkpoint"
+else
+  PREEMPTIONS=$(( RESTARTS - $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) ))
+  if [ "$PREEMPTIONS" -ge "$MAX_REQUEUES" ]; then
+    log "stopped early (status $RC) but already requeued $PREEMPTIONS times (cluster.max_requeues); giving up"
+    exit 1
+  fi
+  log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 fi
-if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then
-  log "stopped early (status $RC) but already requeued $RESTARTS times (cluster.max_requeues); giving up"
-  exit 1
-fi
-log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed"; exit 1; }
 exit 0
 
@@ -457,6 +512,8 @@ set -uo pipefail
 STAGE_DIR=/checkpoints/qwen25_coder_7b/stage6_dpo
 export MEGATRON_QWEN_FINISHED_FILE="$STAGE_DIR/FINISHED"
 MAX_REQUEUES=50
+MAX_CRASH_REQUEUES=2
+CRASHES_FILE="$STAGE_DIR/crashes"
 RESTARTS="${SLURM_RESTART_COUNT:-0}"
 log() { echo "[launch $(date -Is)] job $SLURM_JOB_ID (restart $RESTARTS): $*"; }
 
@@ -508,15 +565,24 @@ if [ -e "$MEGATRON_QWEN_FINISHED_FILE" ]; then
   log "stage finished"
   exit 0
 fi
+# A crash (non-zero status without a signal: an NCCL error, a node fault, an OOM, the hang watchdog)
+# is requeued too, up to cluster.max_crash_requeues times per stage, counted apart from preemptions.
 if [ "$RC" -ne 0 ] && [ "$SIGNALLED" = 0 ]; then
-  log "trainer failed with exit status $RC; not requeueing"
-  exit "$RC"
+  CRASHES=$(( $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) + 1 ))
+  echo "$CRASHES" > "$CRASHES_FILE"
+  if [ "$CRASHES" -gt "$MAX_CRASH_REQUEUES" ]; then
+    log "trainer failed with exit status $RC (crash $CRASHES, cluster.max_crash_requeues=$MAX_CRASH_REQUEUES); not requeueing"
+    exit "$RC"
+  fi
+  log "trainer failed with exit status $RC (crash $CRASHES of at most $MAX_CRASH_REQUEUES); requeueing to resume from the last checkpoint"
+else
+  PREEMPTIONS=$(( RESTARTS - $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) ))
+  if [ "$PREEMPTIONS" -ge "$MAX_REQUEUES" ]; then
+    log "stopped early (status $RC) but already requeued $PREEMPTIONS times (cluster.max_requeues); giving up"
+    exit 1
+  fi
+  log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 fi
-if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then
-  log "stopped early (status $RC) but already requeued $RESTARTS times (cluster.max_requeues); giving up"
-  exit 1
-fi
-log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"
 scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed"; exit 1; }
 exit 0
 

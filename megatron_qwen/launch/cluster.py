@@ -49,7 +49,7 @@ def validate_cluster(cluster: ClusterConfig, parallel: ParallelConfig | None = N
     c = cluster
     if c.kind not in KINDS:
         raise ConfigError(f"cluster.kind ({c.kind!r}) must be one of {KINDS}; pick cluster=local or cluster=slurm")
-    for name in ("nodes", "signal_lead_seconds", "max_requeues", "gpus_per_node"):
+    for name in ("nodes", "signal_lead_seconds", "max_requeues", "max_crash_requeues", "gpus_per_node"):
         value = getattr(c, name)
         if value < (1 if name == "nodes" else 0):
             raise ConfigError(f"cluster.{name} ({value}) must be >= {1 if name == 'nodes' else 0}")

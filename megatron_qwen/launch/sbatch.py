@@ -5,8 +5,10 @@ batch shell only), runs srun in the background so the shell can react, and forwa
 which passes it to every task. The trainer saves a checkpoint on USR1 and exits 0 without writing the
 stage's FINISHED marker; the script then calls `scontrol requeue` and the requeued job resumes from that
 checkpoint. A signal sent straight to the tasks (`scancel --signal=USR1 <job>`, or a site's preemption
-hook) takes the same path. A stage that wrote FINISHED never requeues; a trainer that crashed without a
-signal fails the job, so `afterok` dependants do not start.
+hook) takes the same path. A stage that wrote FINISHED never requeues. A trainer that crashed without a
+signal (non-zero status) is requeued too, up to `cluster.max_crash_requeues` times per stage (counted in
+`<stage dir>/crashes`, apart from the `cluster.max_requeues` preemptions); after that the job fails, so
+`afterok` dependants are cancelled.
 
 The rendered text is the product users read in `--dry-run`, so it is plain bash with comments.
 """
@@ -118,6 +120,8 @@ def render_sbatch(cluster: ClusterConfig, job: JobSpec, header: Sequence[str] = 
         f"STAGE_DIR={_q(job.stage_dir)}",
         f"export {FINISHED_ENV}=\"$STAGE_DIR/FINISHED\"",
         f"MAX_REQUEUES={c.max_requeues}",
+        f"MAX_CRASH_REQUEUES={c.max_crash_requeues}",
+        'CRASHES_FILE="$STAGE_DIR/crashes"',
         'RESTARTS="${SLURM_RESTART_COUNT:-0}"',
         'log() { echo "[launch $(date -Is)] job $SLURM_JOB_ID (restart $RESTARTS): $*"; }',
         "",
@@ -164,15 +168,26 @@ def render_sbatch(cluster: ClusterConfig, job: JobSpec, header: Sequence[str] = 
         '  log "stage finished"',
         "  exit 0",
         "fi",
+        "# A crash (non-zero status without a signal: an NCCL error, a node fault, an OOM, the hang watchdog)",
+        "# is requeued too, up to cluster.max_crash_requeues times per stage, counted apart from preemptions.",
         'if [ "$RC" -ne 0 ] && [ "$SIGNALLED" = 0 ]; then',
-        '  log "trainer failed with exit status $RC; not requeueing"',
-        '  exit "$RC"',
+        '  CRASHES=$(( $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) + 1 ))',
+        '  echo "$CRASHES" > "$CRASHES_FILE"',
+        '  if [ "$CRASHES" -gt "$MAX_CRASH_REQUEUES" ]; then',
+        '    log "trainer failed with exit status $RC (crash $CRASHES, cluster.max_crash_requeues=$MAX_CRASH_REQUEUES);'
+        ' not requeueing"',
+        '    exit "$RC"',
+        "  fi",
+        '  log "trainer failed with exit status $RC (crash $CRASHES of at most $MAX_CRASH_REQUEUES);'
+        ' requeueing to resume from the last checkpoint"',
+        "else",
+        '  PREEMPTIONS=$(( RESTARTS - $(cat "$CRASHES_FILE" 2>/dev/null || echo 0) ))',
+        '  if [ "$PREEMPTIONS" -ge "$MAX_REQUEUES" ]; then',
+        '    log "stopped early (status $RC) but already requeued $PREEMPTIONS times (cluster.max_requeues); giving up"',
+        "    exit 1",
+        "  fi",
+        '  log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"',
         "fi",
-        'if [ "$RESTARTS" -ge "$MAX_REQUEUES" ]; then',
-        '  log "stopped early (status $RC) but already requeued $RESTARTS times (cluster.max_requeues); giving up"',
-        "  exit 1",
-        "fi",
-        'log "stopped before the end (status $RC, signal $SIGNALLED); requeueing to resume from the last checkpoint"',
         'scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed"; exit 1; }',
         "exit 0",
         "",

@@ -1,8 +1,9 @@
 """`megatron-qwen status RUN_DIR`: what an engineer checks first in the morning, from the run's own files.
 
 For every stage the launcher wrote (`RUN_DIR/<stage>/config.yaml`): its state, last logged step and loss,
-last checkpoint (`checkpoints/latest`), skipped steps, and restarts (how often a job of the stage resumed
-from a checkpoint, counted in `RUN_DIR/logs/<stage>-<job>.{out,err}`). States, read from files only (no
+last checkpoint (`checkpoints/latest`), skipped steps, restarts (how often a job of the stage resumed
+from a checkpoint, counted in `RUN_DIR/logs/<stage>-<job>.{out,err}`) and of those the crashes the batch
+script requeued (`<stage>/crashes`). States, read from files only (no
 Slurm query, so it works on any login node and after the jobs are gone):
   finished  the FINISHED marker exists
   running   metrics.jsonl changed within --active-minutes (default 10)
@@ -30,6 +31,7 @@ class StageStatus:
     checkpoint: str | None = None
     skipped_steps: int = 0
     restarts: int = 0
+    crashes: int = 0
     updated_min_ago: float | None = None
 
 
@@ -66,6 +68,8 @@ def stage_status(run_dir: Path, stage_dir: Path, now: float, active_s: float) ->
     status.checkpoint = latest.read_text().strip() if latest.is_file() else None
     logs = sorted((run_dir / "logs").glob(f"{stage_dir.name}-*.*"))
     status.restarts = sum(p.read_text(errors="replace").count("resuming from ") for p in logs)
+    crashes = stage_dir / "crashes"
+    status.crashes = int(crashes.read_text().strip() or 0) if crashes.is_file() else 0
     if (stage_dir / "FINISHED").exists():
         status.state = "finished"
     elif last and now - metrics_file.stat().st_mtime < active_s:
@@ -81,18 +85,19 @@ def run_status(run_dir: str | Path, active_minutes: float = 10.0, now: float | N
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run directory")
-    stages = sorted((p.parent for p in run_dir.glob("*/config.yaml")), key=lambda p: p.stat().st_mtime)
+    # in the order the launcher wrote the stages' configs (a directory's own mtime changes with its files)
+    stages = [p.parent for p in sorted(run_dir.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)]
     now = time.time() if now is None else now
     return [stage_status(run_dir, s, now, active_minutes * 60) for s in stages]
 
 
 def format_table(rows: list[StageStatus]) -> str:
-    head = f"{'stage':<28} {'state':<9} {'step':>7} {'loss':>9} {'checkpoint':<14} {'skipped':>7} {'restarts':>8}"
+    head = f"{'stage':<28} {'state':<9} {'step':>7} {'loss':>9} {'checkpoint':<14} {'skipped':>7} {'restarts':>8} {'crashes':>7}"
     lines = [head]
     for r in rows:
         loss = f"{r.loss:.4f}" if r.loss is not None else "-"
         lines.append(f"{r.stage:<28} {r.state:<9} {r.step if r.step is not None else '-':>7} {loss:>9} "
-                     f"{r.checkpoint or '-':<14} {r.skipped_steps:>7} {r.restarts:>8}")
+                     f"{r.checkpoint or '-':<14} {r.skipped_steps:>7} {r.restarts:>8} {r.crashes:>7}")
     return "\n".join(lines)
 
 

@@ -2,7 +2,8 @@
 
 The counter (counter_job.py) follows the trainer's contract, so these tests run in seconds and pin down
 the script alone: USR1 to the batch shell or to the tasks leads to a save, a requeue and a resume; a
-crash fails the job without requeueing; a finished stage does not run again.
+crash is requeued within its budget (cluster.max_crash_requeues) and fails the job, cancelling its
+dependants, past it; a finished stage does not run again.
 """
 
 import sys
@@ -22,10 +23,10 @@ COUNTER = Path(__file__).with_name("counter_job.py")
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _submit_counter(cluster, tmp_path, monkeypatch, steps, *extra, stage="counter", after=None):
+def _submit_counter(cluster, tmp_path, monkeypatch, steps, *extra, stage="counter", after=None, crash_requeues=0):
     monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
     slurm = ClusterConfig(kind="slurm", partition=cluster.partition, tasks_per_node=2, time_limit="10",
-                          signal_lead_seconds=60, python=sys.executable)
+                          signal_lead_seconds=60, python=sys.executable, max_crash_requeues=crash_requeues)
     stage_dir = tmp_path / stage
     job = JobSpec(name=stage, stage=stage, stage_dir=stage_dir, log_dir=tmp_path / "logs",
                   workdir=REPO, argv=[str(COUNTER), str(stage_dir), str(steps), *extra])
@@ -67,12 +68,25 @@ def test_usr1_saves_requeues_and_resumes(slurm_cluster, tmp_path, monkeypatch, t
         assert {r for r, _ in steps} == {0, 1}  # some before the requeue, the rest after
 
 
-def test_crash_fails_without_requeue(slurm_cluster, tmp_path, monkeypatch):
+def test_crash_fails_without_requeue_when_the_budget_is_zero(slurm_cluster, tmp_path, monkeypatch):
     job, job_id = _submit_counter(slurm_cluster, tmp_path, monkeypatch, 4, "--fail-with", "3")
     fields = slurm_cluster.wait_job(job_id)
     log = _log(job, job_id)
     assert fields["JobState"] == "FAILED" and fields["Restarts"] == "0" and fields["ExitCode"] == "3:0", log
-    assert "not requeueing" in log
+    assert "not requeueing" in log and (job.stage_dir / "crashes").read_text().strip() == "1"
+
+
+def test_crash_is_requeued_and_resumes(slurm_cluster, tmp_path, monkeypatch):
+    """A crash at step 3 of the first run (no signal): requeued once, resumes after its last step, finishes."""
+    job, job_id = _submit_counter(slurm_cluster, tmp_path, monkeypatch, 8, "--fail-with", "7", "--fail-at", "3",
+                                  "--fail-times", "1", crash_requeues=2)
+    slurm_cluster.release_requeued(job_id)
+    fields = slurm_cluster.wait_job(job_id)
+    log = _log(job, job_id)
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", log
+    assert "failed with exit status 7 (crash 1 of at most 2); requeueing" in log and "stage finished" in log
+    for rank in (0, 1):
+        assert [s for _, s in _steps(job, rank)] == list(range(8))  # every step once, in order
 
 
 def test_finished_stage_does_not_run_again(slurm_cluster, tmp_path, monkeypatch):
@@ -97,10 +111,15 @@ def test_requeued_stage_holds_its_dependant(slurm_cluster, tmp_path, monkeypatch
     assert done_second["StartTime"] >= done_first["EndTime"]
 
 
-def test_failed_stage_cancels_its_dependant(slurm_cluster, tmp_path, monkeypatch):
-    first, first_id = _submit_counter(slurm_cluster, tmp_path, monkeypatch, 2, "--fail-with", "1", stage="first")
+def test_crashes_past_the_budget_fail_the_stage_and_cancel_its_dependant(slurm_cluster, tmp_path, monkeypatch):
+    first, first_id = _submit_counter(slurm_cluster, tmp_path, monkeypatch, 2, "--fail-with", "1", stage="first",
+                                      crash_requeues=1)
     second, second_id = _submit_counter(slurm_cluster, tmp_path, monkeypatch, 2, stage="second", after=first_id)
-    assert slurm_cluster.wait_job(first_id)["JobState"] == "FAILED"
+    slurm_cluster.release_requeued(first_id)  # the one crash the budget allows
+    done = slurm_cluster.wait_job(first_id)
+    log = _log(first, first_id)
+    assert done["JobState"] == "FAILED" and done["Restarts"] == "1", log
+    assert "(crash 1 of at most 1); requeueing" in log and "(crash 2, cluster.max_crash_requeues=1); not requeueing" in log
     fields = slurm_cluster.wait_job(second_id)
     assert fields["JobState"] == "CANCELLED" and "Dependency" in fields["Reason"], fields
     assert not (second.stage_dir / "steps.0").exists()

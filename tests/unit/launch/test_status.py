@@ -41,12 +41,14 @@ def test_states_steps_checkpoints_and_restarts(tmp_path, capsys):
           "  File x\nRuntimeError: NCCL error\n")
     stage(tmp_path, "sft_coarse", steps=2, age_s=3600, log="stop signal received: saving at step 2 and exiting\n")
     stage(tmp_path, "sft_fine")
+    (tmp_path / "file_pretrain" / "crashes").write_text("1\n")  # the batch script requeued one crash
     rows = {r.stage: r for r in run_status(tmp_path, now=NOW)}
     assert {n: r.state for n, r in rows.items()} == {
         "file_pretrain": "finished", "repo_pretrain": "running", "long_context": "failed", "sft_coarse": "stopped",
         "sft_fine": "pending"}
     assert (rows["file_pretrain"].step, rows["file_pretrain"].loss) == (8, 5.0 - 0.8)
     assert rows["file_pretrain"].checkpoint == "iter_0000008" and rows["file_pretrain"].restarts == 1
+    assert rows["file_pretrain"].crashes == 1 and rows["repo_pretrain"].crashes == 0
     assert rows["repo_pretrain"].skipped_steps == 1 and rows["sft_fine"].step is None
     assert main(["status", str(tmp_path)]) == 0
     table = capsys.readouterr().out.splitlines()
