@@ -185,6 +185,10 @@ class TrainConfig:
     dtype: str = "auto"  # "auto": bf16 on GPU, fp32 on CPU; or "bf16", "fp32"
     # A step whose loss or gradient is not finite is skipped (no update); this many in a row stop the run.
     max_consecutive_skips: int = 3
+    # Optional loss-spike rule (0: off): a step whose loss exceeds the mean of the last
+    # `loss_spike_window` applied steps by this fraction is skipped and counted the same way.
+    loss_spike_margin: float = 0.0
+    loss_spike_window: int = 20
     # No completed step for this many seconds: dump every thread's stack and exit 3 (0: no watchdog).
     watchdog_seconds: float = 0.0
 
@@ -196,6 +200,9 @@ class CheckpointConfig:
     dir: str | None = None  # None: no checkpoints
     save_interval: int = 0  # 0: only at the end
     keep_last: int = 2  # 0: keep all
+    # Periodic saves written in the background by megatron-core's async dist-checkpoint writer (the step
+    # stalls only while tensors are staged); `latest` still moves only once every rank's files are complete.
+    async_save: bool = False
     resume: bool = True  # continue from dir's latest checkpoint when there is one
     # A fresh stage (nothing to resume) may start from weights only: "none", "checkpoint" or "hf".
     init_from: str = "none"

@@ -10,6 +10,7 @@ its share. A checkpoint without a manifest was written by an older version: it i
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 
@@ -19,9 +20,12 @@ MANIFEST = "manifest.json"
 BLOCK = 16 << 20
 
 
-def crc32(path: Path) -> str:
+def crc32(path: Path, flush: bool = False) -> str:
+    """The file's CRC-32 (hex); with `flush`, its data is also forced to disk (fsync) first."""
     value = 0
     with open(path, "rb") as f:
+        if flush:
+            os.fsync(f.fileno())
         while block := f.read(BLOCK):
             value = zlib.crc32(block, value)
     return f"{value:08x}"
@@ -32,10 +36,10 @@ def checkpoint_files(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def describe(directory: str | Path, rank: int = 0, world: int = 1) -> dict[str, dict]:
-    """{relative path: {size, crc32}} for this rank's share of the files."""
+def describe(directory: str | Path, rank: int = 0, world: int = 1, flush: bool = False) -> dict[str, dict]:
+    """{relative path: {size, crc32}} for this rank's share of the files (fsynced first with `flush`)."""
     directory = Path(directory)
-    return {name: {"size": (directory / name).stat().st_size, "crc32": crc32(directory / name)}
+    return {name: {"size": (directory / name).stat().st_size, "crc32": crc32(directory / name, flush)}
             for i, name in enumerate(checkpoint_files(directory)) if i % world == rank}
 
 

@@ -7,8 +7,10 @@ Layout under `checkpoint.dir`:
     iter_0000020/         one complete checkpoint (model + optimizer shards, common.pt, metadata.json
                           with our model record, config.yaml = the resolved run config, rng/rank*.pt)
     iter_0000030.partial/ a save in progress (or interrupted): never read
-    latest                "iter_0000020": moved (temp + rename) only after every rank finished the save
-A crash during a save therefore leaves `latest` on the previous complete checkpoint; `find_latest`
+    latest                "iter_0000020": moved (temp + rename) only after every rank's files are written and
+                          flushed and the manifest is recorded
+That holds for asynchronous saves too (`checkpoint.async_save`: megatron-core's async dist-checkpoint
+writer, a forked process per rank, finalized at a later step boundary). A crash during a save therefore leaves `latest` on the previous complete checkpoint; `find_latest`
 warns about anything newer it skips. Model and optimizer state are sharded tensors, so a checkpoint
 saved at one TP/PP layout loads at another; the per-rank RNG states are restored only when the layout
 is unchanged (with a warning otherwise).
@@ -16,6 +18,7 @@ is unchanged (with a warning otherwise).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -74,8 +77,10 @@ def full_state(chunks, optimizer, is_loading: bool) -> dict:
 
 
 def save(root: str | Path, step: int, chunks, optimizer, scheduler, extra: dict, model: ModelConfig,
-         config_yaml: str, keep_last: int) -> Path:
-    """Collective. Writes iter_{step}.partial, renames it, then moves `latest`; returns the final dir."""
+         config_yaml: str, keep_last: int, queue=None) -> Path:
+    """Collective. Writes iter_{step}.partial; once every rank's files are written (now, or - with an
+    `AsyncCallsQueue` - when the background write is finalized) `_complete` records, renames and moves
+    `latest`. Returns the final dir."""
     root = Path(root)
     final = root / iter_name(step)
     tmp = root / (iter_name(step) + PARTIAL)
@@ -87,25 +92,50 @@ def save(root: str | Path, step: int, chunks, optimizer, scheduler, extra: dict,
     state = full_state(chunks, optimizer, is_loading=False)
     state["scheduler"] = scheduler.state_dict()
     state["train_state"] = dict(extra, step=step, layout=layout_key())
-    dist_checkpointing.save(state, str(tmp))
+    dtype = str(next(chunks[0].parameters()).dtype).removeprefix("torch.")
+    complete = functools.partial(_complete, tmp, final, model, dtype, config_yaml, keep_last)
+    # With a queue, megatron's own async save: the tensors are staged now and a forked process writes (and
+    # fsyncs) them while training goes on; the finalize functions (megatron's metadata.json, then ours) run
+    # on every rank once all ranks' writers are done (`Checkpointer.poll`).
+    request = dist_checkpointing.save(state, str(tmp), async_sharded_save=queue is not None,
+                                      async_strategy="mcore")
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank{rank}.pt")
+    if queue is None:
+        complete()
+    else:
+        request.add_finalize_fn(complete)
+        queue.schedule_async_request(request)
+    return final
+
+
+def _complete(tmp: Path, final: Path, model: ModelConfig, dtype: str, config_yaml: str, keep_last: int) -> None:
+    """Collective, after every rank's shards are written: our record, the manifest, rename, `latest`."""
+    rank = dist.get_rank()
     dist.barrier()  # every rank finished writing
     if rank == 0:
-        write_record(tmp, model, hf_vocab_size=model.vocab_size,
-                     dtype=str(next(chunks[0].parameters()).dtype).removeprefix("torch."))
+        write_record(tmp, model, hf_vocab_size=model.vocab_size, dtype=dtype)
         write_atomic(tmp / "config.yaml", config_yaml)
     dist.barrier()
-    shares = [None] * dist.get_world_size()  # the manifest: each rank checksums its share of the files
-    dist.all_gather_object(shares, manifest.describe(tmp, rank, dist.get_world_size()))
+    shares = [None] * dist.get_world_size()  # the manifest: each rank checksums (and flushes) its share
+    dist.all_gather_object(shares, manifest.describe(tmp, rank, dist.get_world_size(), flush=True))
     if rank == 0:
         manifest.write_manifest(tmp, {k: v for share in shares for k, v in share.items()})
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        write_atomic(root / LATEST, final.name + "\n")
-        rotate(root, keep_last)
+        write_atomic(final.parent / LATEST, final.name + "\n")
+        _fsync_dir(final.parent)
+        rotate(final.parent, keep_last)
     dist.barrier()
-    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the renames in `path` durable (a crash after this cannot bring back the old names)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def rotate(root: Path, keep_last: int) -> None:
@@ -295,7 +325,11 @@ def initialize_weights(cfg: Config, chunks, import_hf=None) -> None:
 
 
 class Checkpointer:
-    """Saves every `checkpoint.save_interval` steps, on request (a stop signal) and at the end."""
+    """Saves every `checkpoint.save_interval` steps, on request (a stop signal) and at the end.
+
+    With `checkpoint.async_save` the periodic saves write in the background: `poll()` (every step, all
+    ranks) completes a finished save, a new save first waits for the previous one, and the final save and
+    `close()` wait for everything, so the process never exits with a save in flight."""
 
     def __init__(self, cfg: Config, chunks, optimizer, scheduler, config_yaml: str):
         self.cfg, self.chunks, self.optimizer, self.scheduler = cfg, chunks, optimizer, scheduler
@@ -303,17 +337,33 @@ class Checkpointer:
         self.run_id: str | None = None  # the W&B run, recorded so a resumed run continues it
         self.extra: dict = {}  # more train_state the trainer keeps across a resume (e.g. skipped_steps)
         self.last_saved: int | None = None
+        self.queue = None
+        if cfg.checkpoint.async_save and cfg.checkpoint.dir:
+            from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+            self.queue = AsyncCallsQueue()
 
     def due(self, step: int) -> bool:
         c, t = self.cfg.checkpoint, self.cfg.train
         return bool(c.dir and c.save_interval and step % c.save_interval == 0 and step < t.train_iters)
 
-    def save(self, step: int) -> None:
+    def poll(self) -> None:
+        """Collective: complete a background save whose writers have all finished (cheap otherwise)."""
+        if self.queue is not None and self.queue.get_num_unfinalized_calls():
+            self.queue.maybe_finalize_async_calls(blocking=False)
+
+    def close(self) -> None:
+        """Collective: wait for a background save to be written and completed."""
+        if self.queue is not None and self.queue.get_num_unfinalized_calls():
+            self.queue.maybe_finalize_async_calls(blocking=True)
+
+    def save(self, step: int, wait: bool = False) -> None:
         c, t = self.cfg.checkpoint, self.cfg.train
         if not c.dir or self.last_saved == step:
             return
+        self.close()  # one save in flight at a time
         extra = {"consumed_samples": step * t.global_batch_size, "wandb_id": self.run_id, "stage": self.cfg.stage.name,
                  **self.extra}
         save(c.dir, step, self.chunks, self.optimizer, self.scheduler, extra, self.cfg.model, self.config_yaml,
-             c.keep_last)
+             c.keep_last, queue=None if wait else self.queue)
         self.last_saved = step

@@ -139,7 +139,8 @@ class StepResult:
     totals: dict[str, tuple[float, float]]  # metric -> (global sum, global count)
     grad_norm: float | None = None
     update_successful: bool = True
-    skipped: bool = False  # a non-finite loss or gradient somewhere: nothing was updated
+    skipped: bool = False  # a non-finite loss or gradient somewhere, or a rejected loss: nothing was updated
+    reason: str | None = None  # why it was skipped
 
     @property
     def loss(self) -> float:
@@ -201,12 +202,14 @@ def train_step(
     micro_batch_size: int,
     step_func: Callable = forward_step,
     keys: tuple[str, ...] = (LOSS,),
+    accept_loss: Callable[[float], bool] | None = None,
 ) -> StepResult:
     """Zero grads, forward+backward every micro-batch, reduce grads, clip, step; `keys` are the metrics
     the step function's loss reports (see `reduce_reports`).
 
     A non-finite loss or gradient on any rank skips the update on every rank: the optimizer is not
-    stepped, so weights and optimizer state stay as they were (the caller keeps the schedule too)."""
+    stepped, so weights and optimizer state stay as they were (the caller keeps the schedule too). So does
+    a loss `accept_loss` rejects (every rank holds the same reduced loss, so every rank decides alike)."""
     for chunk in chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
@@ -214,10 +217,31 @@ def train_step(
         reports = run_forward_backward(chunks, microbatches, seq_length, micro_batch_size, step_func=step_func)
     totals = reduce_reports(reports, keys)
     if any_rank(not (math.isfinite(totals[LOSS][0]) and grads_finite(chunks))):
-        return StepResult(totals, None, update_successful=False, skipped=True)
+        return StepResult(totals, None, update_successful=False, skipped=True, reason="non-finite loss or gradient")
+    if accept_loss is not None and not accept_loss(mean(totals[LOSS])):
+        return StepResult(totals, None, update_successful=False, skipped=True, reason="loss spike")
     with phase("optimizer"):
         update_successful, grad_norm, _ = optimizer.step()
     return StepResult(totals, grad_norm, bool(update_successful))
+
+
+class LossSpikeRule:
+    """Rejects a loss above the mean of the last `window` accepted losses by more than `margin` (a fraction).
+
+    Judges nothing until it has a full window; `record` adds the loss of a step that was applied. Its state
+    (`recent`) goes into the checkpoint, so a resumed run judges exactly as an uninterrupted one."""
+
+    def __init__(self, margin: float, window: int, recent: list[float] | None = None):
+        self.margin, self.window = margin, window
+        self.recent: list[float] = list(recent or [])[-window:]
+
+    def accept(self, loss: float) -> bool:
+        if len(self.recent) < self.window:
+            return True
+        return loss <= (1.0 + self.margin) * (sum(self.recent) / len(self.recent))
+
+    def record(self, loss: float) -> None:
+        self.recent = (self.recent + [loss])[-self.window:]
 
 
 def grads_finite(chunks: list[torch.nn.Module]) -> bool:

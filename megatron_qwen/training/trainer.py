@@ -11,7 +11,8 @@ model, TE's userbuffers and megatron's DDP are built from that one decision. Mic
 
 Run: each step reads its global batch, trains, and hands the step to the components, each of which
 decides its own timing: the metrics sink logs every `train.log_interval` steps, the evaluator runs every
-`train.eval_interval`, the checkpointer saves every `checkpoint.save_interval`. SIGTERM or SIGUSR1
+`train.eval_interval`, the checkpointer saves every `checkpoint.save_interval` (in the background with
+`checkpoint.async_save`, completed at a later step boundary). SIGTERM or SIGUSR1
 (`preemption.StopSignal`) makes every rank stop after the same step, save, and return without the
 FINISHED marker, so the Slurm script requeues the stage; a stage that reaches train_iters saves and
 marks itself finished.
@@ -45,7 +46,7 @@ from megatron_qwen.training.objectives import PrepareContext, get_objective
 from megatron_qwen.training.preemption import StopSignal, mark_finished
 from megatron_qwen.training.profiling import StepProfiler, phase
 from megatron_qwen.training.schedule import build_scheduler, current_lr
-from megatron_qwen.training.step import build_optimizer, params_in_sync, train_step, wrap_model
+from megatron_qwen.training.step import LossSpikeRule, build_optimizer, params_in_sync, train_step, wrap_model
 from megatron_qwen.training.watchdog import Watchdog
 
 log = logging.getLogger("megatron_qwen.train")
@@ -85,6 +86,8 @@ class Trainer:
             state = ckpt.load(latest, self.chunks, self.optimizer, self.scheduler)
         self.start_step = state["step"]
         self.skipped_steps = state.get("skipped_steps", 0)
+        self.spike = (LossSpikeRule(t.loss_spike_margin, t.loss_spike_window, state.get("recent_losses"))
+                      if t.loss_spike_margin > 0 else None)
         self.consecutive_skips = 0
         self.train_source, valid = self.objective.build_sources(t.train_iters * t.global_batch_size,
                                                                 max(t.eval_iters, 1) * t.global_batch_size)
@@ -105,17 +108,17 @@ class Trainer:
         ckpt.initialize_weights(cfg, chunks, self.import_hf)
         return chunks
 
-    def _skipped(self, step: int, loss: float) -> None:
+    def _skipped(self, step: int, loss: float, reason: str) -> None:
         """Count a skipped step; too many in a row stop the run before anything is saved over `latest`."""
         self.skipped_steps += 1
         self.checkpointer.extra["skipped_steps"] = self.skipped_steps
         self.consecutive_skips += 1
         limit = self.cfg.train.max_consecutive_skips
-        log.warning("step %d skipped: non-finite loss (%s) or gradient; weights, optimizer and schedule unchanged "
-                    "(%d skipped in a row, limit %d)", step, loss, self.consecutive_skips, limit)
+        log.warning("step %d skipped: %s (loss %s); weights, optimizer and schedule unchanged "
+                    "(%d skipped in a row, limit %d)", step, reason, loss, self.consecutive_skips, limit)
         if limit and self.consecutive_skips >= limit:
-            raise RuntimeError(f"{self.consecutive_skips} consecutive steps (the last: {step}) had a non-finite loss or "
-                               f"gradient (train.max_consecutive_skips={limit}); the last good checkpoint stays latest")
+            raise RuntimeError(f"{self.consecutive_skips} consecutive steps (the last: {step}) were skipped, the last for "
+                               f"{reason} (train.max_consecutive_skips={limit}); the last good checkpoint stays latest")
 
     def train(self) -> RunResult:
         """Train until train.train_iters or a stop signal (see the module doc)."""
@@ -132,17 +135,22 @@ class Trainer:
             with phase("data"):
                 step_batches = batches.next(step)
             out = train_step(self.wrapped, self.optimizer, step_batches, seq, t.micro_batch_size,
-                             self.objective.forward_step, self.objective.report_keys)
+                             self.objective.forward_step, self.objective.report_keys,
+                             self.spike.accept if self.spike else None)
             step += 1
             profiler.after(step)
+            self.checkpointer.poll()  # a background save whose writers all finished is completed now
             watchdog.beat()
             window_steps += 1
             result.losses[step] = out.loss
             if out.skipped:
-                self._skipped(step, out.loss)
+                self._skipped(step, out.loss, out.reason)
             else:
                 self.scheduler.step(1)
                 self.consecutive_skips = 0
+                if self.spike:
+                    self.spike.record(out.loss)
+                    self.checkpointer.extra["recent_losses"] = self.spike.recent
                 window.add({k: v for k, v in out.totals.items() if k != "loss"})
             if step % t.log_interval == 0 or step == t.train_iters:
                 rates = throughput(self.cfg.model, seq, t.global_batch_size * seq * window_steps,
@@ -165,17 +173,18 @@ class Trainer:
             if stop.requested_everywhere():
                 log.warning("stop signal received: saving at step %d and exiting", step)
                 with params_in_sync(self.wrapped):
-                    self.checkpointer.save(step)
+                    self.checkpointer.save(step, wait=True)
                 result.stopped = True
                 break
         result.step = step
+        self.checkpointer.close()
         watchdog.stop()
         profiler.close()
         batches.close()
         if not result.stopped:
             if step > self.start_step:  # not when resuming an already finished stage
                 with params_in_sync(self.wrapped):
-                    self.checkpointer.save(step)
+                    self.checkpointer.save(step, wait=True)
             mark_finished()
         stop.uninstall()
         self.sink.close()

@@ -48,6 +48,9 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     if o.schedule == "wsd" and not 0 < o.wsd_decay_steps <= t.train_iters - o.warmup_steps:
         raise ConfigError(f"optim.wsd_decay_steps ({o.wsd_decay_steps}) must be in (0, train.train_iters - "
                           f"optim.warmup_steps = {t.train_iters - o.warmup_steps}] with optim.schedule=wsd")
+    if t.loss_spike_margin < 0 or t.loss_spike_window < 1:
+        raise ConfigError(f"train.loss_spike_margin ({t.loss_spike_margin}) must be >= 0 (0: off) and "
+                          f"train.loss_spike_window ({t.loss_spike_window}) >= 1")
     if o.min_lr > o.lr:
         raise ConfigError(f"optim.min_lr ({o.min_lr}) must be <= optim.lr ({o.lr})")
     if c.init_from not in INIT_FROM:

@@ -19,8 +19,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+FAULTS = Path(__file__).with_name("faults.py")  # the trainer with a planted fault (FAULT=... in extra_env)
+
+
 def start(world: int, overrides: list[str], cwd: Path, extra_env: dict | None = None) -> list[subprocess.Popen]:
     port = free_port()
+    wrapper = [str(FAULTS)] if extra_env and "FAULT" in extra_env else []
     procs = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -28,7 +32,7 @@ def start(world: int, overrides: list[str], cwd: Path, extra_env: dict | None = 
                    OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **(extra_env or {}))
         log = cwd / f"rank{rank}.{port}.out"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "megatron_qwen", "train", *overrides], cwd=cwd,
+            proc = subprocess.Popen([sys.executable, *wrapper, "-m", "megatron_qwen", "train", *overrides], cwd=cwd,
                                     env=env, stdout=out, stderr=subprocess.STDOUT)
         proc.log_path = log
         procs.append(proc)

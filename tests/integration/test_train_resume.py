@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -103,3 +104,89 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path
     for step in (5, 6):
         assert resumed[step]["loss"] == reference[step]["loss"], (step, resumed[step], reference[step])
     assert find_latest(ck) == ck / "iter_0000006"  # saved again, intact
+
+
+# Fault injection on two gloo ranks (DP=2), through the real entry point with a fault planted by faults.py. The
+# surviving rank must not wait forever: it fails in the collective, or the hang watchdog ends it.
+TWO_RANKS = [*STEPS, "train.watchdog_seconds=60"]
+
+
+def _ended(procs, timeout: float = 150) -> list[int]:
+    """Exit statuses once every rank has ended on its own (a fault, not a hang)."""
+    deadline = time.time() + timeout
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.time(), 1))
+        except Exception:
+            _kill_all(procs)
+            raise AssertionError(f"a rank did not end after the fault\n{all_output(procs)}") from None
+    return [p.returncode for p in procs]
+
+
+def _kill_all(procs) -> None:
+    """SIGKILL every rank and its children (the forked checkpoint writers), as a node failure would."""
+    import psutil
+
+    for p in procs:
+        try:
+            victims = psutil.Process(p.pid).children(recursive=True) + [psutil.Process(p.pid)]
+        except psutil.NoSuchProcess:
+            continue
+        for v in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                v.kill()
+    for p in procs:
+        p.wait()
+
+
+def _resume_matches_reference(ck: Path, tmp_path: Path, reference, resumed_from: str, *extra: str) -> None:
+    out = train(2, tiny(ck, *TWO_RANKS, *extra), tmp_path)
+    assert f"resuming from {ck / resumed_from}" in out, out
+    resumed = metrics(ck / "metrics.jsonl")
+    for step in range(1, 7):  # DP=2 against one process: equal up to the order of the gradient sum
+        assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-5, abs=1e-5), step
+    from megatron_qwen.training.checkpoint import find_latest
+
+    assert find_latest(ck) == ck / "iter_0000006"  # intact by its manifest
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_mid_step(tmp_path: Path, reference):
+    ck = tmp_path / "ck"
+    procs = start(2, tiny(ck, *TWO_RANKS), tmp_path, {"FAULT": "kill_at_step:3", "FAULT_RANK": "1"})
+    codes = _ended(procs)
+    assert codes[1] == -signal.SIGKILL and codes[0] != 0, (codes, all_output(procs))
+    assert (ck / "latest").read_text().strip() == "iter_0000002"
+    _resume_matches_reference(ck, tmp_path, reference, "iter_0000002")
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_rank_mid_save(tmp_path: Path, reference):
+    """Rank 1 dies in the second save after writing its shards: the save never completes, `latest` stays."""
+    ck = tmp_path / "ck"
+    procs = start(2, tiny(ck, *TWO_RANKS), tmp_path, {"FAULT": "kill_after_write:2", "FAULT_RANK": "1"})
+    codes = _ended(procs)
+    assert codes[1] == -signal.SIGKILL and codes[0] != 0, (codes, all_output(procs))
+    assert (ck / "latest").read_text().strip() == "iter_0000002"
+    assert (ck / "iter_0000004.partial").is_dir() and not (ck / "iter_0000004").exists()
+    _resume_matches_reference(ck, tmp_path, reference, "iter_0000002")
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_asynchronous_save(tmp_path: Path, reference):
+    """The second background save is killed while its writers run (all ranks and writers, as a node loss):
+    `latest` stays on the first, which resumes; the resumed run saves asynchronously to the end."""
+    ck, mark = tmp_path / "ck", tmp_path / "writing"
+    procs = start(2, tiny(ck, *TWO_RANKS, "checkpoint.async_save=true"), tmp_path,
+                  {"FAULT": "slow_write:2:120", "FAULT_MARK": str(mark)})
+    deadline = time.time() + 150
+    while not mark.exists():
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            _kill_all(procs)
+            raise AssertionError(f"the second asynchronous save did not start\n{all_output(procs)}")
+        time.sleep(0.2)
+    _wait_for_step(ck / "metrics.jsonl", 6, procs)  # training went on while the save was being written
+    _kill_all(procs)
+    assert (ck / "latest").read_text().strip() == "iter_0000002"
+    assert (ck / "iter_0000004.partial").is_dir() and not (ck / "iter_0000004").exists()
+    _resume_matches_reference(ck, tmp_path, reference, "iter_0000002", "checkpoint.async_save=true")

@@ -108,3 +108,54 @@ def test_consecutive_skips_stop_the_run_and_latest_stays_good(tmp_path):
     (r,) = run_workers(1, _stop_after_consecutive_skips, str(tmp_path))
     assert r["error"] and "3 consecutive steps (the last: 7)" in r["error"] and r["skipped"] == 3
     assert (tmp_path / "latest").read_text().strip() == "iter_0000004"  # saved before the bad steps, not after
+
+
+def test_loss_spike_rule_judges_against_the_mean_of_a_full_window():
+    from megatron_qwen.training.step import LossSpikeRule
+
+    rule = LossSpikeRule(margin=0.5, window=3)
+    assert rule.accept(100.0)  # no full window yet: nothing is judged
+    for loss in (2.0, 2.2, 1.8):
+        rule.record(loss)
+    assert rule.accept(2.99) and not rule.accept(3.01)  # mean 2.0, margin 50%
+    rule.record(4.0)  # the window slides: (2.2, 1.8, 4.0), mean 2.667
+    assert rule.recent == [2.2, 1.8, 4.0] and rule.accept(3.99) and not rule.accept(4.01)
+    assert LossSpikeRule(0.5, 3, recent=[9.0, 2.2, 1.8, 4.0]).recent == rule.recent  # restored from a checkpoint
+
+
+def _spike_at_step_six(root: str) -> dict:
+    from megatron_qwen.config import Config
+    from megatron_qwen.training import trainer as trainer_mod
+
+    cfg = Config()
+    cfg.data.mock, cfg.data.seq_length = True, SEQ
+    cfg.train.train_iters, cfg.train.log_interval = 8, 1
+    cfg.train.loss_spike_margin, cfg.train.loss_spike_window = 0.5, 3
+    cfg.checkpoint.dir = root
+    cfg.optim.warmup_steps = 0
+    t = trainer_mod.Trainer(cfg, {}, "{}\n")
+    honest, calls = t.objective.forward_step, {"n": 0}
+    per_step = cfg.train.global_batch_size // cfg.train.micro_batch_size
+
+    def forward_step(data_iterator, model):  # step 6's loss is reported 4x too large
+        output, loss_func = honest(data_iterator, model)
+        calls["n"] += 1
+        if 5 * per_step < calls["n"] <= 6 * per_step:
+            def spiked(out):
+                total, count, report = loss_func(out)
+                reported = report["loss"].clone()  # [sum, count]: only the sum grows
+                reported[0] *= 4
+                return total * 4, count, {**report, "loss": reported}
+            return output, spiked
+        return output, loss_func
+    t.objective.forward_step = forward_step
+    result = t.train()
+    return {"losses": result.losses, "skipped": t.skipped_steps, "recent": t.spike.recent}
+
+
+def test_a_loss_spike_is_skipped_and_counted(tmp_path):
+    (r,) = run_workers(1, _spike_at_step_six, str(tmp_path))
+    losses = r["losses"]
+    assert r["skipped"] == 1 and losses[6] > 1.5 * sum(losses[i] for i in (3, 4, 5)) / 3
+    assert r["recent"] == [losses[5], losses[7], losses[8]]  # the spike never entered the window
+    assert len(losses) == 8  # training went on
