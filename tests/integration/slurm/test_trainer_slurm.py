@@ -9,7 +9,9 @@ submits it; srun starts 2 tasks that derive their ranks from Slurm's environment
   initializes from the first stage's final checkpoint;
 - a TP=2 job signalled with `scancel --signal=USR1` mid-run saves, requeues itself, resumes and
   finishes, its per-step losses are exactly the uninterrupted job's, and both segments log to the one
-  W&B run (offline) whose id the launcher exported.
+  W&B run (offline) whose id the launcher exported;
+- a TP=2 job whose rank 1 crashes at step 12 (no signal) is requeued by the batch script, resumes from its
+  last checkpoint and ends with the uninterrupted job's losses, in the same W&B run.
 """
 
 from __future__ import annotations
@@ -164,6 +166,33 @@ def test_usr1_saves_requeues_and_matches_the_uninterrupted_losses(slurm_env, uni
     assert sorted(resumed) == list(range(1, STEPS + 1))
     assert resumed == reference  # bit for bit: same layout, RNG and data position restored
     # One W&B run across the requeue: two offline segments under the id the launcher exported.
+    exported = re.search(r"export WANDB_RUN_ID=(\S+)", (run_dir / "train" / "job.sbatch").read_text()).group(1)
+    segments = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and {s.name.split("-", 3)[3] for s in segments} == {exported}, segments
+
+
+def test_crash_is_requeued_resumes_and_matches_the_uninterrupted_losses(slurm_env, uninterrupted, tmp_path,
+                                                                        monkeypatch):
+    """Rank 1 raises at step 12 (no signal, as an NCCL error or a node fault would end it): the batch script
+    requeues the stage within cluster.max_crash_requeues, the job resumes from iter_0000010 and its losses
+    are the uninterrupted job's, logged to the same W&B run."""
+    run_dir = tmp_path / "crashed"
+    wrapper = tmp_path / "python-with-fault"  # the job's interpreter: the trainer with a planted crash
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {REPO / 'tests' / 'integration' / 'faults.py'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    for key, value in {"FAULT": "crash_at_step:12", "FAULT_RANK": "1", "FAULT_ONCE": str(tmp_path / "struck")}.items():
+        monkeypatch.setenv(key, value)  # sbatch exports the submitting environment to the job
+    wandb = ["logging=wandb", f"logging.wandb_dir={tmp_path / 'wb'}"]
+    (job_id,) = submit(run_dir, [*tp2_args(slurm_env), f"cluster.python={wrapper}", "cluster.max_crash_requeues=1",
+                                 *wandb])
+    slurm_env.release_requeued(job_id)
+    fields = slurm_env.wait_job(job_id, timeout=300)
+    log = job_log(run_dir, "train", job_id)
+    ck = run_dir / "train" / "checkpoints"
+    assert fields["JobState"] == "COMPLETED" and fields["Restarts"] == "1", log
+    assert "planted crash at step 12" in log and "(crash 1 of at most 1); requeueing" in log
+    assert f"resuming from {ck / 'iter_0000010'}" in log
+    assert losses(ck) == losses(uninterrupted[0] / "train" / "checkpoints")  # bit for bit
     exported = re.search(r"export WANDB_RUN_ID=(\S+)", (run_dir / "train" / "job.sbatch").read_text()).group(1)
     segments = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(segments) == 2 and {s.name.split("-", 3)[3] for s in segments} == {exported}, segments
