@@ -237,3 +237,18 @@ def test_both_orders_rule_with_a_judge_that_always_prefers_the_first():
     assert all(v.winner is None for v in verdicts) and len(asked) == 2 * len(verdicts)
     assert both_orders(lambda a, b: ("k", "A" if "good" in a else "B"), "good", "bad").winner == 0
     assert both_orders(lambda a, b: ("k", "A" if "good" in a else "B"), "bad", "good").winner == 1
+
+
+@pytest.mark.parametrize("mode", ["sft", "dpo"])
+def test_outputs_are_what_the_preprocess_modes_read(run, mode, tok, tmp_path, monkeypatch):
+    """sft.jsonl and dpo.jsonl go through `preprocess --mode sft|dpo` whole: every record one document."""
+    import megatron_qwen.data.preprocess.pipeline as preprocess
+    from megatron_qwen.data.preprocess.cli import build_parser
+
+    monkeypatch.setattr(preprocess, "load_tokenizer", lambda *a, **k: tok)
+    options = build_parser().parse_args(["--mode", mode, "--input", str(run["out"] / f"{mode}.jsonl"),
+                                         "--output-prefix", str(tmp_path / mode), "--tokenizer", "unused",
+                                         "--no-progress", "--workers", "1"])
+    report = preprocess.run(options)
+    assert report["documents"] == len(run[mode]) == 3 and not report["skipped"].get("by_reason")
+    assert report["sequences"] == (6 if mode == "dpo" else 3)
