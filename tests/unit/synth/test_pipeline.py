@@ -252,3 +252,61 @@ def test_outputs_are_what_the_preprocess_modes_read(run, mode, tok, tmp_path, mo
     report = preprocess.run(options)
     assert report["documents"] == len(run[mode]) == 3 and not report["skipped"].get("by_reason")
     assert report["sequences"] == (6 if mode == "dpo" else 3)
+
+
+def test_real_kill_then_rerun_resends_only_what_was_never_answered(standin, tmp_path):
+    """SIGKILL of a real `megatron-qwen synth` process while requests hang at the server: every request
+    whose answer reached the cache is never sent again; only those in flight at the kill are resent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    answered, release, lock = [0], threading.Event(), threading.Lock()
+
+    def stalls_after_10(body):
+        with lock:
+            answered[0] += 1
+            stall = answered[0] > 10
+        if stall:
+            release.wait(30)  # hang: the kill comes while these are in flight
+        return scripted(body)
+
+    standin.reset(answer=stalls_after_10)
+    (tmp_path / "snippets.jsonl").write_text("".join(json.dumps(s) + "\n" for s in SNIPPETS))
+    out = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "snippets.jsonl"), "--output", str(out), "--url", standin.url, "--model", "tiny",
+            "--samples", "3", "--concurrency", "3", "--run-timeout", "2", "--benchmarks", "--no-progress",
+            "--isolation", "bwrap" if bwrap_problem() is None else "none"]
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "megatron_qwen", "synth", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = out / "cache.jsonl"
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:  # 10 answers cached, and 3 more requests hanging at the server
+            lines = cache.read_text().count("\n") if cache.exists() else 0
+            if lines >= 10 and sum(standin.attempts.values()) >= 13:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the run did not reach 10 cached answers")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        release.set()
+    cached_keys = {json.loads(line)["key"] for line in cache.read_text().splitlines()}
+    in_flight = set(standin.attempts) - cached_keys
+    assert len(cached_keys) == 10 and len(in_flight) == 3
+    before = Counter(standin.attempts)
+    standin.reset(answer=scripted)
+    assert cli.main(argv) == 0
+    resent = {k for k in standin.attempts if k in before}
+    assert resent == in_flight  # the hung requests only: nothing answered and cached is sent again
+    assert max(standin.attempts.values()) == 1
+    assert json.loads((out / "report.json").read_text())["consistent"]
