@@ -134,6 +134,8 @@ STATIC_OK = "static_ok"
 
 def static_check(check: Check) -> Verdict | None:
     """The parse and self-containment verdict, or None when both pass."""
+    if not check.answer.strip():
+        return Verdict("parse_error", "empty answer")
     problem = parse_problem(check.answer, check.language)
     if problem:
         return Verdict("parse_error", f"answer: {problem}")

@@ -82,9 +82,9 @@ def test_each_case_gets_its_reason(verdicts, language):
 def test_static_only_when_there_are_no_tests(synth_sandbox):
     """Without tests nothing runs: the static checks decide (parse, self-containment)."""
     checks = [Check(CASES["python"]["failed_test"], "python"), Check(CASES["cpp"]["parse_error"], "cpp"),
-              Check(CASES["javascript"]["not_self_contained"], "javascript")]
+              Check(CASES["javascript"]["not_self_contained"], "javascript"), Check("  \n", "python")]
     assert [v.outcome for v in Verifier(synth_sandbox).verify(checks)] == \
-        ["static_ok", "parse_error", "not_self_contained"]
+        ["static_ok", "parse_error", "not_self_contained", "parse_error"]
 
 
 def test_self_containment_rules():
