@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
     # (single-process reference runs, trained checkpoints) are expensive and would run once per worker.
     for item in items:
         path = str(item.path)
-        if "/unit/sandbox/" in path or "/unit/codebench/" in path:
+        if "/unit/sandbox/" in path or "/unit/codebench/" in path or "/unit/synth/" in path:
             item.add_marker(pytest.mark.xdist_group("sandbox"))
         elif ("/distributed/" in path or "/integration/" in path) and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))

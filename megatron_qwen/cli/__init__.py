@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("megatron_qwen.cli.plan", "memory plan of a TP/PP/CP layout, or search the layouts that fit"),
     "needle": ("megatron_qwen.cli.needle", "Needle-in-the-Code long-context evaluation of a checkpoint"),
     "evaluate": ("megatron_qwen.codebench.cli", "score a completions file by execution (HumanEval, MBPP, MultiPL-E, FIM)"),
+    "synth": ("megatron_qwen.synth.cli", "synthesize verified SFT records and DPO pairs from code via an OpenAI-compatible server"),
     "sandbox": ("megatron_qwen.sandbox.cli", "run one program in the execution sandbox, print its result as JSON"),
 }
 

@@ -36,6 +36,7 @@ def test_wheel_install_trains_outside_the_checkout(tmp_path):
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     assert (target / "megatron_qwen" / "configs" / "experiment" / "tiny_cpu.yaml").is_file()
+    assert (target / "megatron_qwen" / "synth" / "prompts" / "answer.txt").is_file()  # synth's prompts ship too
     script = target / "bin" / "megatron-qwen"
     assert script.is_file(), "pip installed no megatron-qwen script"
     work = tmp_path / "elsewhere"
