@@ -25,11 +25,30 @@ SECTION = "megatron_qwen"
 FORMAT = "megatron_qwen.model/1"
 
 
-def model_state(chunks: list[torch.nn.Module]) -> dict:
-    """The sharded state dict to save or load: {"model": ...} or {"model0": ..., "model1": ...}."""
+def model_state(chunks: list[torch.nn.Module], trainable_only: bool = False) -> dict:
+    """The sharded state dict to save or load: {"model": ...} or {"model0": ..., "model1": ...}.
+
+    `trainable_only`: without the frozen parameters (requires_grad False), e.g. a LoRA run's checkpoint holds
+    its adapters only; when every parameter trains (full training) it is the whole state."""
+    def state(chunk):
+        sd = chunk.sharded_state_dict()
+        if trainable_only:
+            frozen = {id(p) for p in chunk.parameters() if not p.requires_grad}
+            sd = {k: v for k, v in sd.items() if id(getattr(v, "data", None)) not in frozen}
+        return sd
+
     if len(chunks) == 1:
-        return {"model": chunks[0].sharded_state_dict()}
-    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+        return {"model": state(chunks[0])}
+    return {f"model{i}": state(chunk) for i, chunk in enumerate(chunks)}
+
+
+def load_trainable(chunk: torch.nn.Module, state: dict) -> None:
+    """`chunk.load_state_dict(state)`, where `state` may lack the frozen parameters (a LoRA checkpoint)."""
+    result = chunk.load_state_dict(state, strict=False)
+    frozen = {name for name, p in chunk.named_parameters() if not p.requires_grad}
+    missing = [k for k in result.missing_keys if k not in frozen and not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise KeyError(f"state dict mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
 
 
 def write_record(ckpt_dir: str | Path, model: ModelConfig, **facts) -> None:
