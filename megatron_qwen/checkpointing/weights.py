@@ -116,3 +116,13 @@ def load_model_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path) -
         missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
         if missing or result.unexpected_keys:
             raise KeyError(f"{ckpt_dir}: state dict mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+
+def load_trainable_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path) -> None:
+    """Collective: the trainable tensors of a training checkpoint (a LoRA run's adapters) into `chunks`, whose
+    frozen weights are already in place (any layout)."""
+    from megatron.core import dist_checkpointing
+
+    state = dist_checkpointing.load(model_state(chunks, trainable_only=True), str(ckpt_dir))
+    for i, chunk in enumerate(chunks):
+        load_trainable(chunk, state["model" if len(chunks) == 1 else f"model{i}"])

@@ -9,6 +9,7 @@ both the trainer's output and the converter).
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -89,3 +90,75 @@ def test_resume_from_step2_gives_the_same_losses_and_adapters(run, tmp_path):
     a = full_tensors(str(ck / "iter_0000004"), str(tmp_path / "a.pt"))
     b = full_tensors(str(cut / "iter_0000004"), str(tmp_path / "b.pt"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _megatron_logits(base: str, adapters: str, tokens):
+    """(logits with the adapters, logits with them switched off) of the Megatron model, one process."""
+    from megatron_qwen.checkpointing.weights import (
+        load_model_checkpoint,
+        load_trainable_checkpoint,
+        read_record,
+    )
+    from megatron_qwen.config import ParallelConfig
+    from megatron_qwen.convert.lora_export import read_adapter_config
+    from megatron_qwen.convert.verify import megatron_outputs_in_group
+    from megatron_qwen.model.build import build_model
+    from megatron_qwen.model.lora import adapters_disabled, apply_lora
+    from megatron_qwen.platform import init_distributed
+
+    model, _ = read_record(base)
+    lora, _ = read_adapter_config(adapters)
+    seq = tokens.shape[1] - 1
+    init_distributed(ParallelConfig(), model, seq)
+    chunks = build_model(model, ParallelConfig(), seq)
+    load_model_checkpoint(chunks, base)
+    apply_lora(chunks, lora, seed=0)  # A random, B zero: both replaced by the checkpoint's
+    load_trainable_checkpoint(chunks, adapters)
+    with_adapters, _ = megatron_outputs_in_group(base, tokens, chunks)
+    with adapters_disabled(chunks):
+        without, _ = megatron_outputs_in_group(base, tokens, chunks)
+    return with_adapters, without
+
+
+def _hf_logits(model_dir: Path, tokens, adapter_dir: Path | None = None):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=tokens[:, :-1]).logits.float()
+
+
+def test_peft_and_merged_exports_match_the_megatron_model_with_adapters(run, tmp_path):
+    from megatron_qwen.cli.convert import main as convert
+    from megatron_qwen.convert.importer import run_single_process
+    from megatron_qwen.convert.verify import DEFAULT_TOLERANCE, token_batch
+
+    _, base, _, ck = run
+    adapters = ck / "iter_0000004"
+    assert convert(["export-hf", "--ckpt", str(base), "--out", str(tmp_path / "hf"), "--no-progress"]) == 0
+    assert convert(["export-lora", "--ckpt", str(adapters), "--out", str(tmp_path / "peft"), "--no-progress"]) == 0
+    assert convert(["export-lora", "--ckpt", str(adapters), "--out", str(tmp_path / "merged"), "--merged",
+                    "--no-progress"]) == 0
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["r"] == 4 and config["lora_alpha"] == 8 and len(config["target_modules"]) == 7
+
+    tokens = token_batch(512, batch=2, seq=24)
+    megatron, megatron_base = run_single_process(_megatron_logits, str(base), str(adapters), tokens)
+    peft = _hf_logits(tmp_path / "hf", tokens, tmp_path / "peft")
+    merged = _hf_logits(tmp_path / "merged", tokens)
+    hf_base = _hf_logits(tmp_path / "hf", tokens)
+    adapter_effect = float((megatron - megatron_base).abs().max())
+    print(f"\nmax |logits| {float(megatron.abs().max()):.3f}; adapters move them by {adapter_effect:.3e}; "
+          f"|peft - megatron| {float((peft - megatron).abs().max()):.3e}, "
+          f"|merged - megatron| {float((merged - megatron).abs().max()):.3e}, "
+          f"|merged - peft| {float((merged - peft).abs().max()):.3e}")
+    assert adapter_effect > 100 * DEFAULT_TOLERANCE  # trained adapters: a wrong export could not pass
+    assert float((hf_base - megatron_base).abs().max()) <= DEFAULT_TOLERANCE
+    assert float((peft - megatron).abs().max()) <= DEFAULT_TOLERANCE
+    assert float((merged - megatron).abs().max()) <= DEFAULT_TOLERANCE
+    assert float((merged - peft).abs().max()) <= DEFAULT_TOLERANCE
