@@ -4,11 +4,13 @@ process: per-step losses and the final adapters (gathered to full shape by dist_
 
 The single-process reference run also shows the bookkeeping: its trainable parameters are exactly the adapters
 and their count is the closed form rank·(in + out) per targeted linear; megatron's gradient buffers and the
-optimizer hold the adapters only. All layouts of world size 2 run in one spawn (see _equivalence.py).
+optimizer hold the adapters only, and each rank's adapter count is the memory planner's. All layouts of world size 2 run in one spawn (see _equivalence.py).
 """
 
 import pytest
 
+from megatron_qwen.model import memory
+from megatron_qwen.model.presets import get_preset
 from megatron_qwen.platform.spawn import run_workers
 from tests.distributed import _equivalence as eq
 from tests.distributed import _lora
@@ -56,9 +58,14 @@ def test_lora_layout_matches_single_process(name, reference, layout_runs, tmp_pa
     results, final = layout_runs[name]
     losses = results[0]["losses"]
     print(f"\n[{name}] losses single {ref['losses']} layout {losses}")
+    layout = memory.Layout(tp=LAYOUTS[name].get("tensor_model_parallel_size", 1),
+                           pp=LAYOUTS[name].get("pipeline_model_parallel_size", 1), lora_rank=_lora.LORA.rank)
+    planned = memory.stage_layers(get_preset("tiny"), layout) * memory.lora_layer_params(
+        get_preset("tiny"), layout.tp, layout.lora_rank)
     for r in results:
         assert r["losses"] == pytest.approx(losses, rel=1e-12)
         assert r["base_unchanged"]
+        assert r["trainable_numel"] == r["grad_buffer_numel"] == planned  # the memory planner's adapter count
     assert losses == pytest.approx(ref["losses"], rel=RTOL)
     got, want = eq.full_tensors(final, str(tmp_path / "final.pt")), ref_tensors["final"]
     assert got.keys() == want.keys()
