@@ -14,8 +14,8 @@ Tensor parallelism (per layer kind; `tp` ranks, `r` the rank of this process):
   layer's output rows. z = A x is computed on every rank (identical), then passes a "copy to TP region"
   (identity forward, all-reduce backward), so each rank's partial dz = B_r^T dy_r is summed: dA and dx are
   complete and identical on every rank, with no extra gradient reduction. Under sequence parallelism the
-  input is sequence-sharded: the adapter all-gathers it (backward: take this rank's slice, since dx is
-  already complete), as the base layer does for its own product.
+  input is sequence-sharded: the adapter all-gathers it for A x, keeps only its shard for the backward and
+  gathers again there (`_GatheredDown`), as the base layer does for its own product; dx is this rank's slice.
 - row-parallel (linear_proj, linear_fc2; input split): A is split like the layer's input columns, B is whole
   and replicated. The partial z_r = A_r x_r are all-reduced (over `rank` values per token — smaller than the
   layer's output), then y = B z is complete on every rank and is added to the base layer's all-reduced output;
@@ -30,8 +30,11 @@ Initialization as the reference implementation: A kaiming-uniform with a = sqrt(
 zeros, so the adapted model starts as the base model. Each adapter's A is drawn whole from a generator seeded
 by (seed, global layer, target) and then sliced, so every TP/PP layout starts from the same adapters.
 
-Dropout uses torch's default generator on the adapter input; with row-parallel layers each rank drops from
-its own input shard, so runs with lora.dropout > 0 are reproducible per layout but not across layouts.
+Dropout uses torch's default generator on the adapter input, which megatron seeds identically on the ranks
+of a TP group; so a replicated computation (column-parallel A x without SP) draws the same mask on every TP
+rank and A stays replicated. Sharded inputs (row-parallel, and column-parallel under SP, where each rank
+drops its own sequence shard before the gather) draw per shard: runs with lora.dropout > 0 are reproducible
+per layout but not bit-equal across layouts.
 
 `adapters_disabled(chunks)` turns every adapter off (the base model) for a block, e.g. DPO's reference pass.
 
@@ -55,8 +58,8 @@ from megatron.core.tensor_parallel.layers import (
     set_tensor_model_parallel_attributes,
 )
 from megatron.core.tensor_parallel.mappings import (
+    _gather_along_first_dim,
     copy_to_tensor_model_parallel_region,
-    gather_from_sequence_parallel_region,
     reduce_from_tensor_model_parallel_region,
     scatter_to_sequence_parallel_region,
 )
@@ -73,6 +76,29 @@ TARGETS = {
     "linear_fc2": ("mlp", "row"),
 }
 assert tuple(TARGETS) == LORA_TARGETS
+
+
+class _GatheredDown(torch.autograd.Function):
+    """z = all_gather_seq(x) · A^T for a column-parallel adapter under sequence parallelism, saving only this
+    rank's sequence shard of x (the gather is redone in the backward, as megatron's own linears do): keeping
+    the gathered input would cost h instead of h/TP activation elements per token and adapted layer.
+    Backward: dz arrives complete (the copy-to-TP region after this op all-reduced it), so dA is complete on
+    every rank and dx is this rank's slice of dz·A."""
+
+    @staticmethod
+    def forward(ctx, x, a, group):
+        ctx.group = group
+        ctx.save_for_backward(x, a)
+        return torch.matmul(_gather_along_first_dim(x, group), a.t())
+
+    @staticmethod
+    def backward(ctx, dz):
+        x, a = ctx.saved_tensors
+        full = _gather_along_first_dim(x, ctx.group)
+        da = dz.reshape(-1, dz.shape[-1]).t().matmul(full.reshape(-1, full.shape[-1]))
+        n = x.shape[0]
+        start = torch.distributed.get_rank(ctx.group) * n
+        return dz[start:start + n].matmul(a), da, None
 
 
 class LoRAAdapter(torch.nn.Module):
@@ -99,8 +125,9 @@ class LoRAAdapter(torch.nn.Module):
         g = self.tp_group
         if self.kind == "column":
             if self.sequence_parallel:
-                x = gather_from_sequence_parallel_region(x, tensor_parallel_output_grad=False, group=g)
-            z = torch.matmul(self.dropout(x), self.A.t())
+                z = _GatheredDown.apply(self.dropout(x), self.A, g)
+            else:
+                z = torch.matmul(self.dropout(x), self.A.t())
             z = copy_to_tensor_model_parallel_region(z, group=g)
             return torch.matmul(z, self.B.t()) * self.scale
         z = reduce_from_tensor_model_parallel_region(torch.matmul(self.dropout(x), self.A.t()), group=g)

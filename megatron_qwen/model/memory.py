@@ -24,8 +24,8 @@ With LoRA (`Layout.lora_rank` > 0; model/lora.py) the base weights are frozen: t
 gradient buffer and no optimizer state; the adapters (rank·(in + out) per targeted linear, split over TP as the
 layer is: column-parallel A whole and B ÷TP, row-parallel A ÷TP and B whole) add weights, fp32 gradients and
 Adam state. Activations: a frozen linear saves no input for a weight gradient, but its adapter saves the same
-input for dA, so the accounting above still holds, plus per adapted linear the rank-sized z (twice) and, with
-sequence parallelism, the column-parallel adapter's all-gathered input (h per token instead of h/TP).
+input for dA (under sequence parallelism only its shard, gathered again in the backward), so the accounting
+above still holds, plus per adapted linear the rank-sized z (twice).
 
 The CPU test checks weights, gradients and optimizer state against the real tensors, and activations
 within 20% of the bytes saved for backward (saved-tensor hooks).
@@ -130,10 +130,8 @@ def lora_activation_bytes(m: ModelConfig, lay: Layout, seq_length: int, recomput
     if not lay.lora_rank or recompute == "full":
         return 0.0
     e = 2 if lay.params_dtype == "bf16" else 4
-    s, b, h = seq_length / lay.cp, lay.micro_batch_size, m.hidden_size
-    gathered = h - h / lay.tp if lay.sequence_parallel else 0.0
-    column = sum(t in ("linear_qkv", "linear_fc1") for t in lay.lora_targets)
-    return s * b * (2 * lay.lora_rank * len(lay.lora_targets) + column * gathered) * e
+    s, b = seq_length / lay.cp, lay.micro_batch_size
+    return s * b * 2 * lay.lora_rank * len(lay.lora_targets) * e
 
 
 def activation_bytes(m: ModelConfig, lay: Layout, seq_length: int, stage: int = 0,
