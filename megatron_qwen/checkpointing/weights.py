@@ -104,6 +104,10 @@ def load_model_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path) -
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
+    stored = [k for k in dist_checkpointing.load_tensors_metadata(str(ckpt_dir)) if not k.startswith("optimizer.")]
+    if stored and all(".lora." in k for k in stored):
+        raise KeyError(f"{ckpt_dir} holds LoRA adapters only (a LoRA run's checkpoint), not model weights: merge them "
+                       "into their base first (`megatron-qwen convert export-lora --merged`, then `convert import-hf`)")
     state, _, not_in_ckpt = dist_checkpointing.load(
         model_state(chunks), str(ckpt_dir), strict=StrictHandling.RETURN_UNEXPECTED
     )

@@ -9,6 +9,7 @@ optimizer hold the adapters only, and each rank's adapter count is the memory pl
 
 import pytest
 
+from megatron_qwen.convert.importer import run_single_process
 from megatron_qwen.model import memory
 from megatron_qwen.model.presets import get_preset
 from megatron_qwen.platform.spawn import run_workers
@@ -29,7 +30,8 @@ pytestmark = pytest.mark.slow
 def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-ref")
     init, final = str(root / "init"), str(root / "final")
-    (result,) = run_workers(1, _lora.train_lora_layout, "tiny", eq.with_layout(), None, init, final)
+    # in this process (megatron-core is imported once per test process anyway): no spawn for world size 1
+    result = run_single_process(_lora.train_lora_layout, "tiny", eq.with_layout(), None, init, final)
     tensors = {name: eq.full_tensors(d, str(root / f"{name}.pt")) for name, d in (("init", init), ("final", final))}
     return init, tensors, result
 

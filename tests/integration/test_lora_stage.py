@@ -162,3 +162,19 @@ def test_peft_and_merged_exports_match_the_megatron_model_with_adapters(run, tmp
     assert float((peft - megatron).abs().max()) <= DEFAULT_TOLERANCE
     assert float((merged - megatron).abs().max()) <= DEFAULT_TOLERANCE
     assert float((merged - peft).abs().max()) <= DEFAULT_TOLERANCE
+
+
+def test_an_adapter_checkpoint_is_not_a_start_checkpoint(run):
+    from megatron_qwen.checkpointing.weights import load_model_checkpoint
+    from megatron_qwen.config import ParallelConfig
+    from megatron_qwen.convert.importer import run_single_process
+    from megatron_qwen.model.build import build_model
+    from megatron_qwen.model.presets import get_preset
+    from megatron_qwen.platform import init_distributed
+
+    def load(path):
+        init_distributed(ParallelConfig(), get_preset("tiny"), 64)
+        load_model_checkpoint(build_model(get_preset("tiny"), ParallelConfig(), 64), path)
+
+    with pytest.raises(KeyError, match="export-lora --merged"):
+        run_single_process(load, str(run[3] / "iter_0000004"))
