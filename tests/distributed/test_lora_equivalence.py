@@ -1,4 +1,4 @@
-"""LoRA training on TP=2, PP=2 and TP=2+SP computes the same steps as one
+"""LoRA training on TP=2, PP=2, TP=2+SP and DP=2 with the distributed optimizer computes the same steps as one
 process: per-step losses and the final adapters (gathered to full shape by dist_checkpointing) agree to rtol
 1e-5, and the frozen base weights are bit-identical to the start everywhere.
 
@@ -21,6 +21,8 @@ LAYOUTS = {
     "tp2": dict(tensor_model_parallel_size=2),
     "tp2-sp": dict(tensor_model_parallel_size=2, sequence_parallel=True),
     "pp2": dict(pipeline_model_parallel_size=2),
+    # frozen weights with the sharded optimizer: its buffers and shards must skip them too
+    "dp2-distopt": dict(use_distributed_optimizer=True),
 }
 
 pytestmark = pytest.mark.slow
