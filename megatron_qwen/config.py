@@ -267,6 +267,22 @@ class PostTrainConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
 
 
+LORA_TARGETS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (model/lora.py): W x + (alpha / rank) · B A dropout(x) on the named linears, base weights
+    frozen. `target_modules` uses megatron-core's module names (the fused layers that exist in the model):
+    linear_qkv (q/k/v), linear_proj (o), linear_fc1 (gate/up), linear_fc2 (down); export writes PEFT's names."""
+
+    enabled: bool = False
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+
 @dataclass
 class Config:
     """The whole tree; Hydra composes `hydra/` YAML onto it."""
@@ -283,6 +299,7 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     post: PostTrainConfig = field(default_factory=PostTrainConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     seed: int = 1234
 
 
@@ -393,6 +410,23 @@ def validate_model_parallel(model: ModelConfig, parallel: ParallelConfig, seq_le
         raise ConfigError(
             f"model.transformer_impl ({m.transformer_impl!r}) must be 'auto', 'local' or 'transformer_engine'"
         )
+
+
+def validate_lora(lora: LoRAConfig) -> None:
+    """The adapter section's own rules (the trainer adds the ones that involve other sections)."""
+    if not lora.enabled:
+        return
+    if lora.rank < 1:
+        raise ConfigError(f"lora.rank ({lora.rank}) must be >= 1")
+    if lora.alpha <= 0:
+        raise ConfigError(f"lora.alpha ({lora.alpha}) must be > 0")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"lora.dropout ({lora.dropout}) must be in [0, 1)")
+    unknown = [t for t in lora.target_modules if t not in LORA_TARGETS]
+    if unknown or not lora.target_modules:
+        raise ConfigError(f"lora.target_modules ({list(lora.target_modules)}) must be a non-empty subset of "
+                          f"{list(LORA_TARGETS)} (megatron-core module names: q/k/v = linear_qkv, o = linear_proj, "
+                          "gate/up = linear_fc1, down = linear_fc2)")
 
 
 def register_configs() -> None:

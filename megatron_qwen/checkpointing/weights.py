@@ -25,11 +25,30 @@ SECTION = "megatron_qwen"
 FORMAT = "megatron_qwen.model/1"
 
 
-def model_state(chunks: list[torch.nn.Module]) -> dict:
-    """The sharded state dict to save or load: {"model": ...} or {"model0": ..., "model1": ...}."""
+def model_state(chunks: list[torch.nn.Module], trainable_only: bool = False) -> dict:
+    """The sharded state dict to save or load: {"model": ...} or {"model0": ..., "model1": ...}.
+
+    `trainable_only`: without the frozen parameters (requires_grad False), e.g. a LoRA run's checkpoint holds
+    its adapters only; when every parameter trains (full training) it is the whole state."""
+    def state(chunk):
+        sd = chunk.sharded_state_dict()
+        if trainable_only:
+            frozen = {id(p) for p in chunk.parameters() if not p.requires_grad}
+            sd = {k: v for k, v in sd.items() if id(getattr(v, "data", None)) not in frozen}
+        return sd
+
     if len(chunks) == 1:
-        return {"model": chunks[0].sharded_state_dict()}
-    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+        return {"model": state(chunks[0])}
+    return {f"model{i}": state(chunk) for i, chunk in enumerate(chunks)}
+
+
+def load_trainable(chunk: torch.nn.Module, state: dict) -> None:
+    """`chunk.load_state_dict(state)`, where `state` may lack the frozen parameters (a LoRA checkpoint)."""
+    result = chunk.load_state_dict(state, strict=False)
+    frozen = {name for name, p in chunk.named_parameters() if not p.requires_grad}
+    missing = [k for k in result.missing_keys if k not in frozen and not k.endswith("_extra_state")]
+    if missing or result.unexpected_keys:
+        raise KeyError(f"state dict mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
 
 
 def write_record(ckpt_dir: str | Path, model: ModelConfig, **facts) -> None:
@@ -85,6 +104,10 @@ def load_model_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path) -
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.validation import StrictHandling
 
+    stored = [k for k in dist_checkpointing.load_tensors_metadata(str(ckpt_dir)) if not k.startswith("optimizer.")]
+    if stored and all(".lora." in k for k in stored):
+        raise KeyError(f"{ckpt_dir} holds LoRA adapters only (a LoRA run's checkpoint), not model weights: merge them "
+                       "into their base first (`megatron-qwen convert export-lora --merged`, then `convert import-hf`)")
     state, _, not_in_ckpt = dist_checkpointing.load(
         model_state(chunks), str(ckpt_dir), strict=StrictHandling.RETURN_UNEXPECTED
     )
@@ -97,3 +120,13 @@ def load_model_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path) -
         missing = [k for k in result.missing_keys if not k.endswith("_extra_state")]
         if missing or result.unexpected_keys:
             raise KeyError(f"{ckpt_dir}: state dict mismatch: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+
+
+def load_trainable_checkpoint(chunks: list[torch.nn.Module], ckpt_dir: str | Path) -> None:
+    """Collective: the trainable tensors of a training checkpoint (a LoRA run's adapters) into `chunks`, whose
+    frozen weights are already in place (any layout)."""
+    from megatron.core import dist_checkpointing
+
+    state = dist_checkpointing.load(model_state(chunks, trainable_only=True), str(ckpt_dir))
+    for i, chunk in enumerate(chunks):
+        load_trainable(chunk, state["model" if len(chunks) == 1 else f"model{i}"])

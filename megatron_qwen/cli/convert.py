@@ -2,6 +2,7 @@
 
     import-hf  --hf-dir DIR --out CKPT [--tp N] [--pp N] [--vpp N] [--dtype auto|bf16|fp32] [--allow-pickle]
     export-hf  --ckpt CKPT --out DIR [--dtype bf16|fp32] [--tokenizer DIR] [--max-shard-size 5GB]
+    export-lora --ckpt ADAPTER_CKPT --out DIR [--merged] [--base CKPT] [--dtype bf16|fp32] [--tokenizer DIR]
     verify     --hf-dir DIR --ckpt CKPT [--tp N] [--pp N] [--batch 2] [--seq 32] [--tolerance 1e-4]
 
 Exit status: 0 success; 1 verify found differences above its tolerance; 2 bad input (the message names
@@ -54,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"), help="per safetensors file")
     exp.add_argument("--no-progress", action="store_true")
 
+    lo = sub.add_parser("export-lora", help="LoRA adapter checkpoint -> HF PEFT adapter dir, or (--merged) a plain "
+                        "HF checkpoint with the adapters folded into the base weights")
+    lo.add_argument("--ckpt", required=True, help="an iteration dir of an sft_lora / dpo_lora run (adapters only)")
+    lo.add_argument("--out", required=True, help="directory to create (must not exist or be empty)")
+    lo.add_argument("--merged", action="store_true",
+                    help="write base + adapters as a plain HF checkpoint instead of adapter_config.json + "
+                         "adapter_model.safetensors")
+    lo.add_argument("--base", default=None,
+                    help="the base checkpoint the adapters apply to (default: the one the checkpoint records)")
+    lo.add_argument("--base-name", default=None,
+                    help="adapter_config.json base_model_name_or_path (default: the base checkpoint's path)")
+    lo.add_argument("--dtype", choices=DTYPE_CHOICES, default=None, help="output dtype (default: the checkpoint's)")
+    lo.add_argument("--tokenizer", default=None, help="with --merged: tokenizer files copied alongside")
+    lo.add_argument("--max-shard-size", type=parse_size, default=parse_size("5GB"), help="with --merged")
+    lo.add_argument("--no-progress", action="store_true")
+
     ver = sub.add_parser("verify", help="compare transformers' and Megatron's logits and per-token loss")
     ver.add_argument("--hf-dir", required=True)
     ver.add_argument("--ckpt", required=True)
@@ -71,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from megatron_qwen.convert import exporter, importer, verify
+    from megatron_qwen.convert import exporter, importer, lora_export, verify
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
     start = time.perf_counter()
@@ -89,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
                                          max_shard_bytes=args.max_shard_size, show_progress=not args.no_progress)
             print(f"wrote {args.out}: {len(summary['files'])} safetensors file(s), {summary['bytes'] / 1e6:.1f} MB, "
                   f"dtype {summary['dtype']}, tokenizer files {summary['tokenizer_files'] or 'none'} "
+                  f"({time.perf_counter() - start:.1f} s)")
+        elif args.command == "export-lora":
+            summary = lora_export.export_lora(
+                args.ckpt, args.out, merged=args.merged, base=args.base, dtype=args.dtype, tokenizer=args.tokenizer,
+                base_name=args.base_name, max_shard_bytes=args.max_shard_size, show_progress=not args.no_progress)
+            what = "merged HF checkpoint" if args.merged else f"PEFT adapter ({summary['tensors']} tensors)"
+            print(f"wrote {args.out}: {what}, dtype {summary['dtype']}, base {summary['base']} "
                   f"({time.perf_counter() - start:.1f} s)")
         else:
             tolerance = verify.DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance

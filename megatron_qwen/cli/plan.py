@@ -2,6 +2,7 @@
 
   megatron-qwen plan --preset qwen2.5-coder-7b --seq-length 32768 --tp 4 --cp 2 --dp 4 --sp --recompute selective
   megatron-qwen plan --preset qwen2.5-coder-32b --seq-length 131072 --gpus 64 --sp --recompute full   # search
+  megatron-qwen plan --preset qwen2.5-coder-32b --seq-length 8192 --gpus 8 --lora-rank 16 --recompute selective
 
 Exit status 1 when the layout does not fit (or the search finds none).
 """
@@ -31,6 +32,10 @@ def parse(argv=None):
     p.add_argument("--gpu-gb", type=float, default=80.0)
     p.add_argument("--overhead-gb", type=float, default=3.0, help="CUDA context, NCCL buffers, fragmentation")
     p.add_argument("--gpus", type=int, default=None, help="search every tp/pp/cp layout for this many GPUs")
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="LoRA: frozen base weights (no gradients or optimizer state), adapters of this rank")
+    p.add_argument("--lora-targets", default=",".join(memory.LORA_TARGETS),
+                   help="comma-separated megatron module names the adapters wrap")
     return p.parse_args(argv)
 
 
@@ -49,7 +54,8 @@ def main(argv=None) -> int:
         tp=a.tp, pp=a.pp, cp=a.cp, dp=a.dp, vpp=a.vpp, sequence_parallel=a.sp,
         distributed_optimizer=not a.no_distributed_optimizer,
         recompute=None if a.recompute == "none" else a.recompute, micro_batch_size=a.micro_batch_size,
-        num_microbatches=a.num_microbatches, params_dtype=a.dtype, spec=a.spec,
+        num_microbatches=a.num_microbatches, params_dtype=a.dtype, spec=a.spec, lora_rank=a.lora_rank,
+        lora_targets=tuple(t for t in a.lora_targets.split(",") if t),
     )
     if a.gpus:
         found = memory.search(model, a.seq_length, a.gpus, lay, a.gpu_gb)
@@ -59,7 +65,8 @@ def main(argv=None) -> int:
         return 0 if found else 1
     p = memory.plan(model, lay, a.seq_length, a.overhead_gb)
     ok = memory.fits(p, a.gpu_gb)
-    print(f"{a.preset} at {a.seq_length} tokens (stage {p.stage}, {p.params / 1e9:.2f} B params/GPU)")
+    lora = f", LoRA rank {a.lora_rank}" if a.lora_rank else ""
+    print(f"{a.preset} at {a.seq_length} tokens{lora} (stage {p.stage}, {p.params / 1e9:.2f} B params/GPU)")
     print(_row(lay, p) + f"  -> {'fits' if ok else 'DOES NOT FIT'} in {a.gpu_gb:.0f} GB")
     return 0 if ok else 1
 

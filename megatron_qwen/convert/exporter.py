@@ -90,8 +90,9 @@ def read_unit(ckpt_dir, model: ModelConfig, layer: int | None, rules, dtype: tor
 
 
 def export_in_process(ckpt_dir, out_dir, dtype: str | None = None, tokenizer: str | None = None,
-                      max_shard_bytes: int = 5 * 10**9, show_progress: bool = True) -> dict:
-    """Export from this process (torch.distributed must be initialized, world size 1)."""
+                      max_shard_bytes: int = 5 * 10**9, show_progress: bool = True, adjust=None) -> dict:
+    """Export from this process (torch.distributed must be initialized, world size 1). `adjust(layer, loaded)`,
+    when given, may change each unit's whole Megatron tensors in place before they are split (LoRA merge)."""
     from tqdm import tqdm
 
     model, facts = read_record(ckpt_dir)
@@ -111,6 +112,8 @@ def export_in_process(ckpt_dir, out_dir, dtype: str | None = None, tokenizer: st
     try:
         for layer, rules in units(model):
             loaded = read_unit(ckpt_dir, model, layer, rules, src_dtype)
+            if adjust is not None:
+                adjust(layer, loaded)
             for rule in rules:
                 parts = mapping.split(rule, model, loaded.pop(rule.checkpoint_key), hf_vocab)
                 for name, tensor in zip(rule.hf, parts):

@@ -20,6 +20,13 @@ stage (the plan reports the most loaded one):
   saves nothing else); full recomputation keeps one layer input per layer and adds one layer's
   activations while it is recomputed. Logits are fp32 (s·V/TP·4 bytes) on the last stage.
 
+With LoRA (`Layout.lora_rank` > 0; model/lora.py) the base weights are frozen: they keep their bytes, but have no
+gradient buffer and no optimizer state; the adapters (rank·(in + out) per targeted linear, split over TP as the
+layer is: column-parallel A whole and B ÷TP, row-parallel A ÷TP and B whole) add weights, fp32 gradients and
+Adam state. Activations: a frozen linear saves no input for a weight gradient, but its adapter saves the same
+input for dA (under sequence parallelism only its shard, gathered again in the backward), so the accounting
+above still holds, plus per adapted linear the rank-sized z (twice).
+
 The CPU test checks weights, gradients and optimizer state against the real tensors, and activations
 within 20% of the bytes saved for backward (saved-tensor hooks).
 """
@@ -28,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from megatron_qwen.config import ModelConfig
+from megatron_qwen.config import LORA_TARGETS, ModelConfig
 
 GB = 1024**3
 
@@ -47,6 +54,8 @@ class Layout:
     num_microbatches: int = 8
     params_dtype: str = "bf16"  # "bf16" or "fp32"
     spec: str = "te"  # "te" (GPU: fused kernels, flash attention) or "local" (the CPU spec)
+    lora_rank: int = 0  # > 0: LoRA on frozen weights (adapters of this rank on lora_targets); 0: full training
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
 
 @dataclass
@@ -69,6 +78,19 @@ def _layer_params(m: ModelConfig, tp: int) -> int:
     d, h, f = m.kv_channels, m.hidden_size, m.ffn_hidden_size
     qkv_out = (m.num_attention_heads + 2 * m.num_query_groups) * d // tp
     return h * qkv_out + qkv_out + (m.num_attention_heads * d // tp) * h + 3 * h * f // tp + 2 * h
+
+
+def lora_layer_params(m: ModelConfig, tp: int, rank: int, targets=LORA_TARGETS) -> int:
+    """Adapter parameters of one layer on one TP rank (column-parallel: A whole, B ÷TP; row-parallel: A ÷TP)."""
+    q, k = m.num_attention_heads * m.kv_channels, m.num_query_groups * m.kv_channels
+    h, f = m.hidden_size, m.ffn_hidden_size
+    per = {"linear_qkv": h + (q + 2 * k) // tp, "linear_proj": q // tp + h,
+           "linear_fc1": h + 2 * f // tp, "linear_fc2": f // tp + h}
+    return rank * sum(per[t] for t in targets)
+
+
+def stage_layers(m: ModelConfig, layout: Layout) -> int:
+    return m.num_layers // (layout.pp * (layout.vpp or 1)) * (layout.vpp or 1)
 
 
 def stage_params(m: ModelConfig, layout: Layout, stage: int) -> int:
@@ -103,6 +125,15 @@ def activation_bytes_per_layer(m: ModelConfig, lay: Layout, seq_length: int, rec
     return s * b * (norms + attention + mlp) * e + mask
 
 
+def lora_activation_bytes(m: ModelConfig, lay: Layout, seq_length: int, recompute: str | None) -> float:
+    """What one layer's adapters save beyond activation_bytes_per_layer (see the module docstring)."""
+    if not lay.lora_rank or recompute == "full":
+        return 0.0
+    e = 2 if lay.params_dtype == "bf16" else 4
+    s, b = seq_length / lay.cp, lay.micro_batch_size
+    return s * b * 2 * lay.lora_rank * len(lay.lora_targets) * e
+
+
 def activation_bytes(m: ModelConfig, lay: Layout, seq_length: int, stage: int = 0,
                      recompute: str | None = None) -> int:
     """Bytes saved for backward on a rank of `stage` at the schedule's peak."""
@@ -112,7 +143,8 @@ def activation_bytes(m: ModelConfig, lay: Layout, seq_length: int, stage: int = 
     in_flight = min(lay.num_microbatches, lay.pp - stage)
     if lay.vpp:
         in_flight *= 1 + (lay.pp - 1) / (lay.pp * lay.vpp)
-    per_layer = activation_bytes_per_layer(m, lay, seq_length, recompute)
+    per_layer = activation_bytes_per_layer(m, lay, seq_length, recompute) + lora_activation_bytes(m, lay, seq_length,
+                                                                                                  recompute)
     total = layers * per_layer * in_flight
     if recompute == "full":  # one layer's activations while it is recomputed
         total += activation_bytes_per_layer(m, lay, seq_length, None)
@@ -131,10 +163,14 @@ def plan(m: ModelConfig, lay: Layout, seq_length: int, overhead_gb: float = 3.0)
     best = None
     for stage in range(lay.pp):
         n = stage_params(m, lay, stage)
+        trained = n
+        if lay.lora_rank:  # frozen base: no gradients, no optimizer state; the adapters have both
+            trained = stage_layers(m, lay) * lora_layer_params(m, lay.tp, lay.lora_rank, lay.lora_targets)
+            n += trained
         shard = lay.dp * lay.cp if lay.distributed_optimizer else 1
         optimizer_per_param = 8 + (4 if e == 2 else 0)  # Adam moments (+ fp32 master weights)
-        weights, grads = n * e, n * 4
-        opt = int(n * optimizer_per_param / shard)
+        weights, grads = n * e, trained * 4
+        opt = int(trained * optimizer_per_param / shard)
         acts = activation_bytes(m, lay, seq_length, stage, lay.recompute)
         acts0 = activation_bytes(m, lay, seq_length, stage, None)
         overhead = int(overhead_gb * GB)

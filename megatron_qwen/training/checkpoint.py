@@ -31,7 +31,13 @@ import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 
 from megatron_qwen.checkpointing import manifest
-from megatron_qwen.checkpointing.weights import load_model_checkpoint, model_state, read_record, write_record
+from megatron_qwen.checkpointing.weights import (
+    load_model_checkpoint,
+    load_trainable,
+    model_state,
+    read_record,
+    write_record,
+)
 from megatron_qwen.config import Config, ConfigError, ModelConfig
 from megatron_qwen.platform import compute_dtype, on_gpu
 from megatron_qwen.platform.files import write_atomic
@@ -66,8 +72,9 @@ def _set_rng_state(state: dict) -> None:
 
 
 def full_state(chunks, optimizer, is_loading: bool) -> dict:
-    """Model and optimizer sharded state dicts (the optimizer's keyed on the model's)."""
-    state = model_state(chunks)
+    """Model and optimizer sharded state dicts (the optimizer's keyed on the model's); frozen weights (LoRA's
+    base) are not part of a training checkpoint."""
+    state = model_state(chunks, trainable_only=True)
     if optimizer is not None:
         # "fully_reshardable": distributed-optimizer state in model space, loadable at any TP/PP/DP
         # (megatron's default format uses flattened ranges, which its torch_dist backend rejects).
@@ -271,7 +278,7 @@ def load(ckpt: Path, chunks, optimizer, scheduler) -> dict:
     state = full_state(chunks, optimizer, is_loading=True)
     loaded = dist_checkpointing.load(state, str(ckpt))
     for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
+        load_trainable(chunk, loaded["model" if len(chunks) == 1 else f"model{i}"])
     load_optimizer(optimizer, loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     train_state = loaded["train_state"]
@@ -316,12 +323,14 @@ def start_weights_path(cfg: Config, import_hf=None) -> Path | None:
     return path
 
 
-def initialize_weights(cfg: Config, chunks, import_hf=None) -> None:
-    """A fresh stage's weights: random (nothing to do), the previous stage's checkpoint, or an HF directory."""
+def initialize_weights(cfg: Config, chunks, import_hf=None) -> Path | None:
+    """A fresh stage's weights: random (nothing to do), the previous stage's checkpoint, or an HF directory;
+    returns where they came from."""
     path = start_weights_path(cfg, import_hf)
     if path is not None:
         log.info("initializing weights from %s (fresh optimizer and schedule)", path)
         load_model_checkpoint(chunks, path)
+    return path
 
 
 class Checkpointer:

@@ -21,6 +21,7 @@ marks itself finished.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -28,9 +29,10 @@ from dataclasses import dataclass, field
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from megatron_qwen.config import Config
+from megatron_qwen.config import Config, ConfigError
 from megatron_qwen.model import perf
 from megatron_qwen.model.build import build_model
+from megatron_qwen.model.lora import apply_lora
 from megatron_qwen.platform import compute_dtype, init_distributed
 from megatron_qwen.training import checkpoint as ckpt
 from megatron_qwen.training.datasets.loader import StepBatches
@@ -75,8 +77,10 @@ class Trainer:
             perf.initialize_userbuffers(cfg.model, cfg.parallel, seq, t.micro_batch_size, dtype)
         self.chunks = build_model(cfg.model, cfg.parallel, seq, dtype, self.switches)
         latest = ckpt.find_latest(c.dir) if c.resume else None
-        if latest is None:
-            ckpt.initialize_weights(cfg, self.chunks, import_hf)
+        if latest is None or cfg.lora.enabled:  # a LoRA checkpoint holds adapters only: the base comes from init
+            base = ckpt.initialize_weights(cfg, self.chunks, import_hf)
+        if cfg.lora.enabled:
+            apply_lora(self.chunks, cfg.lora, cfg.seed)
         self.wrapped = wrap_model(self.chunks, cfg.parallel, self.switches)
         self.optimizer = build_optimizer(self.wrapped, cfg.optim, cfg.parallel)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.train_iters)
@@ -98,7 +102,20 @@ class Trainer:
         self.checkpointer = ckpt.Checkpointer(cfg, self.chunks, self.optimizer, self.scheduler, config_yaml)
         self.checkpointer.run_id = self.sink.shared_run_id()
         self.checkpointer.extra["skipped_steps"] = self.skipped_steps
+        if cfg.lora.enabled:
+            self._record_lora_base(state.get("lora"), base)
         self.peak = device_peak_tflops("fp8" if cfg.model.fp8_recipe else "bf16", cfg.logging.peak_tflops)
+
+    def _record_lora_base(self, saved: dict | None, base) -> None:
+        """Each adapter checkpoint records the base weights it applies to; a resume must use the same base."""
+        record = {"base": os.path.abspath(base), "init_from": self.cfg.checkpoint.init_from, "init_path": self.cfg.checkpoint.init_path,
+                  "rank": self.cfg.lora.rank, "alpha": self.cfg.lora.alpha,
+                  "target_modules": list(self.cfg.lora.target_modules)}
+        if saved is not None and (saved["base"], saved["rank"]) != (record["base"], record["rank"]):
+            raise ConfigError(f"the adapters in {self.cfg.checkpoint.dir} were trained on {saved['base']} (rank "
+                              f"{saved['rank']}); this run's base is {record['base']} (rank {record['rank']}): set "
+                              "checkpoint.init_path to the same base or start a new checkpoint.dir")
+        self.checkpointer.extra["lora"] = record
 
     def _start_model(self):
         """A frozen copy of the stage's start weights (for DPO's reference after a resume without its cache)."""

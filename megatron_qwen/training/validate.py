@@ -8,6 +8,7 @@ from megatron_qwen.config import (
     Config,
     ConfigError,
     derive_data_parallel_size,
+    validate_lora,
     validate_model_parallel,
 )
 from megatron_qwen.training.objectives import get_objective
@@ -61,6 +62,10 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
         raise ConfigError(f"checkpoint.save_interval ({c.save_interval}) needs checkpoint.dir")
     if c.keep_last < 0:
         raise ConfigError(f"checkpoint.keep_last ({c.keep_last}) must be >= 0")
+    validate_lora(cfg.lora)
+    if cfg.lora.enabled and c.init_from == "none":
+        raise ConfigError("lora.enabled trains adapters on frozen base weights: set checkpoint.init_from "
+                          "(checkpoint or hf) and checkpoint.init_path to the base model")
     if lg.wandb_mode not in WANDB_MODES:
         raise ConfigError(f"logging.wandb_mode ({lg.wandb_mode!r}) must be one of {WANDB_MODES}")
     validate_speed(cfg)

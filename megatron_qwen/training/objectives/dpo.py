@@ -4,6 +4,8 @@ Why it exists: DPO compares each pair's chosen and rejected answers, so both mus
 function call; the pair sources (`training.datasets.preference.PairRows`) batch whole pairs, padded
 ([2B, S], chosen rows first) or packed (THD rows of whole pairs, one `cu_seqlens` segment per sequence).
 
+- With LoRA (`lora.enabled`) the reference is the base model: the policy's own chunks with every adapter
+  switched off (`model.lora.adapters_disabled`), at the start or after a resume alike.
 - The reference model is the stage's starting weights (`checkpoint.init_path`, the SFT result). Its
   response log-probs are computed once, forward-only, in `prepare` (called by the trainer before the
   first step): by the policy itself before its first update (it *is* the reference then: no second model
@@ -34,6 +36,7 @@ from megatron.core import parallel_state
 
 from megatron_qwen.config import Config, ConfigError
 from megatron_qwen.model.batch import Batch, forward, to_device
+from megatron_qwen.model.lora import adapters_disabled
 from megatron_qwen.platform.collectives import is_last_stage, reduce_to_all
 from megatron_qwen.platform.files import atomic_path
 from megatron_qwen.training.datasets.preference import PairRows, PreferenceDataset
@@ -99,7 +102,10 @@ class DPO(Objective):
     def prepare(self, ctx: PrepareContext, train: PairRows, valid: PairRows | None) -> None:
         """Reference log-probs of every source: from the cache, or one forward-only pass (see the module doc)."""
         cfg = self.cfg
-        if ctx.resumed:  # the policy has moved: reload the start weights, once, and only if some table is missing
+        if cfg.lora.enabled:  # the reference is the policy with its adapters switched off: no second model
+            def reference():
+                return ctx.chunks
+        elif ctx.resumed:  # the policy has moved: reload the start weights, once, and only if some table is missing
             if cfg.checkpoint.init_from != "checkpoint":
                 reference = _no_reference
             else:
@@ -122,8 +128,11 @@ class DPO(Objective):
         if cached is not None and not resumed:
             log.warning("%s was computed for %s, not %s: recomputing", path, cached["meta"], meta)
         log.info("reference log-probs of %d %s pairs: one forward-only pass of the %s", len(rows.pairs), scope,
-                 "start weights (reloaded)" if resumed else "policy before its first update")
-        rows.reference = compute_reference_logps(reference(), rows, cfg.train.micro_batch_size)
+                 "base model (adapters off)" if cfg.lora.enabled else "start weights (reloaded)" if resumed
+                 else "policy before its first update")
+        chunks = reference()
+        with adapters_disabled(chunks):  # LoRA: the base weights; nothing to switch off otherwise
+            rows.reference = compute_reference_logps(chunks, rows, cfg.train.micro_batch_size)
         if path and dist.get_rank() == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:

@@ -6,6 +6,8 @@ counted once per storage, parameters excluded). Also: the 7B (32K) and 32B (128K
 in 80 GB, and a layout that cannot fit is reported as not fitting.
 """
 
+import dataclasses
+
 import pytest
 
 from megatron_qwen.model import memory
@@ -68,3 +70,18 @@ def test_plan_tool_exit_status(capsys):
     assert tool.main(["--preset", "qwen2.5-coder-7b", "--seq-length", "131072", "--gpus", "32", "--sp",
                       "--recompute", "selective"]) == 0
     assert "tp4 pp1 cp4 dp2" in capsys.readouterr().out
+
+
+def test_lora_plan_freezes_the_base():
+    """LoRA keeps the weights' bytes but drops their gradients and optimizer state; 32B LoRA SFT at 8K fits
+    one 8-GPU node of 80 GB GPUs (tp4 dp2, SP, selective recompute), which full SFT does not."""
+    m = get_preset("qwen2.5-coder-32b")
+    full = memory.Layout(tp=4, dp=2, sequence_parallel=True, recompute="selective")
+    lora = dataclasses.replace(full, lora_rank=16)
+    p_full, p_lora = memory.plan(m, full, 8192), memory.plan(m, lora, 8192)
+    adapters = memory.stage_layers(m, lora) * memory.lora_layer_params(m, 4, 16)
+    assert p_lora.params == p_full.params + adapters
+    assert p_lora.gradients == adapters * 4 and p_lora.optimizer == adapters * 12 // 2
+    assert p_lora.activations > p_full.activations  # adapters save their (gathered) inputs and z
+    assert memory.fits(p_lora) and not memory.fits(p_full)
+    assert not memory.search(m, 8192, 8, full) and memory.search(m, 8192, 8, lora)

@@ -113,3 +113,16 @@ def test_a_saved_resolved_config_types_without_defaults():
     saved = OmegaConf.create(OmegaConf.to_yaml(OmegaConf.to_container(composed, resolve=True)))
     cfg = to_config(saved)
     assert isinstance(cfg, Config) and cfg.train.global_batch_size == 8 and cfg.model.name == "tiny"
+
+
+@pytest.mark.parametrize("stage, objective", [("sft_lora", "sft"), ("dpo_lora", "dpo")])
+def test_lora_stages_compose_and_validate(stage, objective, tmp_path):
+    from megatron_qwen.config import ConfigError
+
+    cfg = compose_config(f"stage={stage}", "data.blend=[/data/x]", f"checkpoint.init_path={tmp_path}")
+    assert cfg.stage.objective == objective and cfg.lora.enabled and cfg.lora.rank == 16
+    assert cfg.lora.target_modules == ["linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"]
+    validate_config(cfg, world_size=1)
+    cfg.checkpoint.init_from = "none"
+    with pytest.raises(ConfigError, match="checkpoint.init_from"):
+        validate_config(cfg, world_size=1)
