@@ -196,3 +196,10 @@ def write_json(path: str, data: dict) -> None:
     from megatron_qwen.data.indexed import write_atomic_text
 
     write_atomic_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command (`megatron-qwen corpus-train-...`), defined with the others in corpus/cli.py."""
+    from megatron_qwen.corpus.cli import train_langid_main
+
+    return train_langid_main(argv)

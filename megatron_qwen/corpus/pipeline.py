@@ -28,7 +28,13 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
 from megatron_qwen.config import ClusterConfig, CorpusConfig
-from megatron_qwen.corpus.steps import CodeFileReader, CodeWordTokenizer, DecontaminationFilter, IndexedShardWriter, RepoReader
+from megatron_qwen.corpus.steps import (
+    CodeFileReader,
+    CodeWordTokenizer,
+    DecontaminationFilter,
+    IndexedShardWriter,
+    RepoReader,
+)
 
 STAGES = ("filter", "exact_find", "exact_filter", "minhash_buckets", "minhash_cluster", "write")
 

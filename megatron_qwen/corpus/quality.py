@@ -111,3 +111,10 @@ class QualityStageFilter(BaseFilter):
             return False, f"quality_{self.stage.name}"
         doc.metadata["quality_stages_passed"] = self.index + 1
         return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command (`megatron-qwen corpus-train-...`), defined with the others in corpus/cli.py."""
+    from megatron_qwen.corpus.cli import train_quality_main
+
+    return train_quality_main(argv)
