@@ -191,7 +191,7 @@ class IndexedShardWriter(PipelineStep):
         folder = Path(self.output_folder)
         folder.mkdir(parents=True, exist_ok=True)
         prefix = str(folder / f"{rank:05d}")
-        for stale in glob.glob(f"{glob.escape(prefix)}_*.tmp-*"):  # left by an attempt that was killed
+        for stale in glob.glob(f"{glob.escape(prefix)}[._]*.tmp-*"):  # left by an attempt that was killed
             os.remove(stale)
         spec, state, tokenizer = self._state()
         outputs = _Outputs(prefix, state.output_keys, "document", token_dtype(tokenizer.vocab_size), spec.loss_mask)
