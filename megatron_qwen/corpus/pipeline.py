@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from datatrove.executor import SlurmPipelineExecutor
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
@@ -54,6 +55,14 @@ class RankFileReader(JsonlReader):
             self.update_doc_stats(doc)
             self.stat_update("documents")
             yield doc
+
+
+class CorpusSlurmExecutor(SlurmPipelineExecutor):
+    """datatrove's Slurm executor without its extra stats-merging job per stage: that job asks for a fixed
+    1 GB per CPU (not every partition grants it), and the corpus report sums the per-task stats itself."""
+
+    def launch_merge_stats(self):
+        return None
 
 
 def _removed_writer(out: Path, step: str) -> JsonlWriter:
@@ -163,17 +172,17 @@ def make_executors(cfg: CorpusConfig, cluster: ClusterConfig, extra_write_steps:
     for name, pipeline, tasks in build_stages(cfg, extra_write_steps):
         logs = str(out / "logs" / name)
         if cluster.kind == "slurm":
-            from datatrove.executor import SlurmPipelineExecutor
-
-            setup = "\n".join(cluster.setup) if cluster.setup else None
-            ex = SlurmPipelineExecutor(
-                pipeline=pipeline, tasks=tasks, workers=cfg.workers if tasks > 1 else 1,
-                time=cfg.slurm_time, partition=cluster.partition or "", cpus_per_task=cluster.cpus_per_task or 1,
-                mem_per_cpu_gb=1, job_name=f"corpus_{name}", qos=cluster.qos or "", env_command=setup,
+            if not cluster.partition:
+                raise ValueError("cluster.partition: the corpus jobs need a partition (datatrove names one)")
+            extra = {a.split("=")[0].lstrip("-"): a.split("=", 1)[1] for a in cluster.sbatch_args if "=" in a}
+            if cluster.mem:  # per CPU for the corpus jobs (datatrove asks --mem-per-cpu)
+                extra["mem-per-cpu"] = cluster.mem
+            ex = CorpusSlurmExecutor(
+                pipeline=pipeline, tasks=tasks, workers=cfg.workers if tasks > 1 else 1, time=cfg.slurm_time,
+                partition=cluster.partition, cpus_per_task=cluster.cpus_per_task or 1, mem_per_cpu_gb=2,
+                job_name=f"corpus_{name}", qos=cluster.qos or "", env_command="\n".join(cluster.setup) or None,
                 logging_dir=logs, slurm_logs_folder=str(out / "logs" / "slurm" / name), depends=previous,
-                sbatch_args={a.split("=")[0].lstrip("-"): a.split("=", 1)[1] for a in cluster.sbatch_args
-                             if "=" in a} or None,
-                requeue=False, mail_type="NONE")
+                sbatch_args=extra or None, requeue=False, mail_type="NONE")
         elif cluster.kind == "local":
             from datatrove.executor import LocalPipelineExecutor
 
@@ -223,13 +232,14 @@ def write_blend(cfg: CorpusConfig) -> str:
 
 
 def run_corpus(cfg: CorpusConfig, cluster: ClusterConfig, extra_write_steps: list | None = None) -> dict:
-    """Run (or resume) every stage; with the Local executor, then write blend.yaml and the report."""
+    """Run (or resume) every stage, then write blend.yaml and the report. On Slurm the first call submits the
+    jobs and returns; the same command after they finished submits nothing and writes blend and report."""
     if cfg.tasks < 1 or cfg.workers < 1:
         raise ValueError(f"corpus.tasks and corpus.workers must be >= 1, got {cfg.tasks} and {cfg.workers}")
     os.makedirs(Path(cfg.output).resolve(), exist_ok=True)
     executors = make_executors(cfg, cluster, extra_write_steps)
-    executors[-1][1].run()  # runs the chain through `depends`
-    if cluster.kind == "slurm":
+    executors[-1][1].run()  # runs (Local) or submits (Slurm) the chain through `depends`
+    if executors[-1][1].get_incomplete_ranks():  # Slurm jobs still to run: run the command again after them
         return {"submitted": [name for name, _ in executors], "output": str(Path(cfg.output).resolve())}
     from megatron_qwen.corpus.report import write_report
 
