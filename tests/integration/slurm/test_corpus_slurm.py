@@ -26,6 +26,7 @@ def test_corpus_on_slurm_matches_local(slurm_cluster, small_tokenizer_dir, tmp_p
     cfg = corpus_config(inp, tmp_path / "slurm", small_tokenizer_dir, 2)
     for c in (local_cfg, cfg):
         c.minhash.num_buckets, c.minhash.hashes_per_bucket = 4, 4  # fewer bucket tasks: a quicker chain
+    cfg.workers = 4  # array tasks at once on Slurm
     run_corpus(local_cfg, ClusterConfig())
 
     for key, value in slurm_cluster.env.items():  # sbatch/scontrol reach this cluster from this process
