@@ -48,7 +48,7 @@ def stdlib_records(limit: int) -> list[dict]:
 
 
 def stage_seconds(out: Path) -> dict[str, float]:
-    from megatron_qwen.corpus.pipeline import STAGES
+    from megatron_qwen.corpus.steps import STAGES
 
     seconds = {}
     for stage in STAGES:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -77,53 +76,4 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(str(err)) from None
     keys = ("input_documents", "output_documents", "output_tokens", "blend", "funnel_plot", "submitted", "output")
     print(json.dumps({k: report[k] for k in keys if k in report}, indent=2), file=sys.stderr)
-    return 0
-
-
-def train_langid_main(argv: list[str] | None = None) -> int:
-    from megatron_qwen.corpus.langid import collect_files, train_langid, write_json
-
-    p = argparse.ArgumentParser(description="Train the fastText code language classifier on extension-labelled "
-                                            "files under the given folders; prints held-out accuracy.")
-    p.add_argument("--roots", nargs="+", required=True, help="folders searched for source files")
-    p.add_argument("--output", required=True, help="model file to write (.bin)")
-    p.add_argument("--languages", nargs="+", default=CorpusConfig().langid.languages)
-    p.add_argument("--per-language", type=int, default=400, help="files per language at most")
-    p.add_argument("--held-out", type=float, default=0.2, help="share of each language's files kept for testing")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    for root in args.roots:
-        from pathlib import Path
-
-        if not Path(root).is_dir():
-            raise FileNotFoundError(f"--roots {root} is not a folder")
-    files = collect_files(args.roots, args.languages, args.per_language, args.seed)
-    files = {lang: paths for lang, paths in files.items() if len(paths) >= 2}
-    summary = train_langid(files, args.output, args.held_out, args.seed)
-    write_json(f"{args.output}.json", summary)
-    print(json.dumps(summary, indent=2))
-    return 0
-
-
-def train_quality_main(argv: list[str] | None = None) -> int:
-    from megatron_qwen.corpus.langid import write_json
-    from megatron_qwen.corpus.quality import read_seed, train_quality
-
-    p = argparse.ArgumentParser(description="Train one fastText quality classifier (a stage of the hierarchy) "
-                                            "from positive and negative seed documents.")
-    p.add_argument("--positive", nargs="+", required=True, help="JSONL files (or folders of text files)")
-    p.add_argument("--negative", nargs="+", required=True, help="JSONL files (or folders of text files)")
-    p.add_argument("--text-key", default="text")
-    p.add_argument("--output", required=True, help="model file to write (.bin)")
-    p.add_argument("--held-out", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    try:
-        pos = [t for path in args.positive for t in read_seed(path, args.text_key)]
-        neg = [t for path in args.negative for t in read_seed(path, args.text_key)]
-        summary = train_quality(pos, neg, args.output, args.held_out, args.seed)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    write_json(f"{args.output}.json", summary)
-    print(json.dumps(summary, indent=2))
     return 0

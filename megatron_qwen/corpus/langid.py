@@ -12,6 +12,7 @@ and character n-grams; the model is kept small (hash buckets, dimension) so it l
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -88,11 +89,47 @@ def collect_files(roots: Iterable[str], languages: list[str], per_language: int,
     return found
 
 
+TRAIN_CHUNK = 1500
+
+
+def _pieces(text: str) -> list[str]:
+    """`text` cut at line ends into pieces of about TRAIN_CHUNK characters: more, shorter training examples
+    (one example per file leaves too few updates for a stable model)."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = text.find("\n", start + TRAIN_CHUNK)
+        end = len(text) if end < 0 else end + 1
+        pieces.append(text[start:end])
+        start = end
+    return [p for p in pieces if p.strip()]
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
     except (UnicodeDecodeError, OSError):
         return None
+
+
+def _train_and_save(train_path: str, output: str, kwargs: dict) -> None:
+    import fasttext
+
+    model = fasttext.train_supervised(train_path, **kwargs)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{output}.tmp-{os.getpid()}"
+    model.save_model(tmp)
+    os.replace(tmp, output)
+
+
+def train_fasttext(train_path: str, output: str, **kwargs) -> None:
+    """`fasttext.train_supervised` in a fresh process, the model saved to `output`. In a long-lived process
+    (the test session, after torch and other native libraries ran) training was seen to diverge ("Encountered
+    NaN") or give different models for the same input and seed; a clean process is deterministic."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_train_and_save, train_path, output, kwargs).result()
 
 
 def train_langid(files: dict[str, list[Path]], output: str, held_out: float = 0.2, seed: int = 0,
@@ -112,18 +149,16 @@ def train_langid(files: dict[str, list[Path]], output: str, held_out: float = 0.
         raise ValueError("language ID training needs files of at least two languages")
     rng.shuffle(train)
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
-        for lang, text in train:
-            f.write(f"__label__{lang} {code_tokens(text)}\n")
+        for lang, text in train:  # a few examples per file (whole lines, ~TRAIN_CHUNK characters each)
+            for piece in _pieces(text[:MAX_CHARS]):
+                f.write(f"__label__{lang} {code_tokens(piece)}\n")
         train_path = f.name
     try:
-        model = fasttext.train_supervised(train_path, epoch=epoch, dim=dim, wordNgrams=2, minn=2, maxn=4,
-                                          bucket=bucket, lr=0.5, thread=1, seed=seed, verbose=0)
+        train_fasttext(train_path, output, epoch=epoch, dim=dim, wordNgrams=2, minn=2, maxn=4, bucket=bucket,
+                       lr=0.5, thread=1, seed=seed, verbose=0)
     finally:
         os.remove(train_path)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{output}.tmp-{os.getpid()}"
-    model.save_model(tmp)
-    os.replace(tmp, output)
+    model = fasttext.load_model(output)
     right, total = Counter(), Counter()
     for lang, text in test:
         labels, _ = model.predict(code_tokens(text).replace("\n", " "))
@@ -200,7 +235,22 @@ def write_json(path: str, data: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command (`megatron-qwen corpus-train-...`), defined with the others in corpus/cli.py."""
-    from megatron_qwen.corpus.cli import train_langid_main
-
-    return train_langid_main(argv)
+    """`megatron-qwen corpus-train-langid`."""
+    p = argparse.ArgumentParser(description="Train the fastText code language classifier on extension-labelled "
+                                            "files under the given folders; prints held-out accuracy.")
+    p.add_argument("--roots", nargs="+", required=True, help="folders searched for source files")
+    p.add_argument("--output", required=True, help="model file to write (.bin)")
+    p.add_argument("--languages", nargs="+", default=CorpusLangIdConfig().languages)
+    p.add_argument("--per-language", type=int, default=400, help="files per language at most")
+    p.add_argument("--held-out", type=float, default=0.2, help="share of each language's files kept for testing")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    for root in args.roots:
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f"--roots {root} is not a folder")
+    files = collect_files(args.roots, args.languages, args.per_language, args.seed)
+    files = {lang: paths for lang, paths in files.items() if len(paths) >= 2}
+    summary = train_langid(files, args.output, args.held_out, args.seed)
+    write_json(f"{args.output}.json", summary)
+    print(json.dumps(summary, indent=2))
+    return 0

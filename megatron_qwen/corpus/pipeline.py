@@ -30,14 +30,13 @@ from datatrove.pipeline.writers import JsonlWriter
 
 from megatron_qwen.config import ClusterConfig, CorpusConfig
 from megatron_qwen.corpus.steps import (
+    STAGES,  # noqa: F401  (the stage names, in order)
     CodeFileReader,
     CodeWordTokenizer,
     DecontaminationFilter,
     IndexedShardWriter,
     RepoReader,
 )
-
-STAGES = ("filter", "exact_find", "exact_filter", "minhash_buckets", "minhash_cluster", "write")
 
 
 class RankFileReader(JsonlReader):

@@ -9,6 +9,7 @@ threshold and writes `quality_<name>` into the metadata; later stages see only t
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -66,15 +67,14 @@ def train_quality(positive: list[str], negative: list[str], output: str, held_ou
         for label, text in train:
             f.write(f"{label} {quality_tokens(text)}\n")
         train_path = f.name
+    from megatron_qwen.corpus.langid import train_fasttext
+
     try:
-        model = fasttext.train_supervised(train_path, epoch=epoch, dim=dim, wordNgrams=2, bucket=bucket,
-                                          lr=0.5, thread=1, seed=seed, verbose=0)
+        train_fasttext(train_path, output, epoch=epoch, dim=dim, wordNgrams=2, bucket=bucket, lr=0.5, thread=1,
+                       seed=seed, verbose=0)
     finally:
         os.remove(train_path)
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{output}.tmp-{os.getpid()}"
-    model.save_model(tmp)
-    os.replace(tmp, output)
+    model = fasttext.load_model(output)
     right = sum(model.predict(quality_tokens(t))[0][0] == label for label, t in test)
     return {"model": output, "train_docs": len(train), "held_out_docs": len(test),
             "held_out_accuracy": round(right / len(test), 4) if test else None}
@@ -114,7 +114,24 @@ class QualityStageFilter(BaseFilter):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command (`megatron-qwen corpus-train-...`), defined with the others in corpus/cli.py."""
-    from megatron_qwen.corpus.cli import train_quality_main
+    from megatron_qwen.corpus.langid import write_json
 
-    return train_quality_main(argv)
+    """`megatron-qwen corpus-train-quality`."""
+    p = argparse.ArgumentParser(description="Train one fastText quality classifier (a stage of the hierarchy) "
+                                            "from positive and negative seed documents.")
+    p.add_argument("--positive", nargs="+", required=True, help="JSONL files (or folders of text files)")
+    p.add_argument("--negative", nargs="+", required=True, help="JSONL files (or folders of text files)")
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--output", required=True, help="model file to write (.bin)")
+    p.add_argument("--held-out", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        pos = [t for path in args.positive for t in read_seed(path, args.text_key)]
+        neg = [t for path in args.negative for t in read_seed(path, args.text_key)]
+        summary = train_quality(pos, neg, args.output, args.held_out, args.seed)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    write_json(f"{args.output}.json", summary)
+    print(json.dumps(summary, indent=2))
+    return 0

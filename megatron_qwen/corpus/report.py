@@ -39,7 +39,7 @@ def _stage_steps(logs: Path) -> list[dict]:
 
 def funnel(cfg: CorpusConfig) -> list[dict]:
     """Rows (stage, step, docs_in, docs_out, chars_out, removed by reason) in pipeline order."""
-    from megatron_qwen.corpus.pipeline import STAGES
+    from megatron_qwen.corpus.steps import STAGES
 
     out = Path(cfg.output).resolve()
     rows = []

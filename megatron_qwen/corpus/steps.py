@@ -28,6 +28,7 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 RECORD_NUMBER = "record_number"
+STAGES = ("filter", "exact_find", "exact_filter", "minhash_buckets", "minhash_cluster", "write")  # pipeline.py
 TEXT_MODES = ("file", "text", "math")  # one record -> one document
 MODES = (*TEXT_MODES, "repo")
 

@@ -112,7 +112,7 @@ def local_sources(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(local_sources, tmp_path_factory) -> tuple[Path, dict]:
-    from megatron_qwen.corpus.cli import train_langid_main
+    from megatron_qwen.corpus.langid import main as train_langid_main
 
     model = tmp_path_factory.mktemp("langid") / "langid.bin"
     assert train_langid_main(["--roots", str(local_sources), "--output", str(model),
