@@ -179,3 +179,18 @@ def test_killed_task_is_resumed_alone(runs, small_tokenizer_dir, tmp_path):
     for n, tokens in clean.items():
         np.testing.assert_array_equal(resumed[n], tokens)
     assert not list((tmp_path / "out" / "shards").glob("*.tmp-*"))
+
+
+def test_corpus_command_end_to_end(runs, small_tokenizer_dir, tmp_path, capsys):
+    """`megatron-qwen corpus` with Hydra overrides gives the same shards as the API run with the same config."""
+    from megatron_qwen.cli import main
+
+    root, inp, _, out = runs
+    assert main(["corpus", f"corpus.input=[{inp}]", f"corpus.output={tmp_path / 'cli'}",
+                 f"corpus.tokenizer={small_tokenizer_dir}", "corpus.tasks=4", "corpus.fim_rate=0.5"]) == 0
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert report["output_tokens"] == out[4][1]["output_tokens"]
+    cli, api = shard_tokens(tmp_path / "cli", 4), shard_tokens(root / "out4", 4)
+    assert sorted(cli) == sorted(api)
+    for n, tokens in api.items():
+        np.testing.assert_array_equal(cli[n], tokens)
