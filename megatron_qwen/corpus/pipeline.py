@@ -32,6 +32,7 @@ from megatron_qwen.config import ClusterConfig, CorpusConfig
 from megatron_qwen.corpus.steps import (
     STAGES,  # noqa: F401  (the stage names, in order)
     CodeFileReader,
+    CodeMinhashSignature,
     CodeWordTokenizer,
     DecontaminationFilter,
     IndexedShardWriter,
@@ -83,10 +84,9 @@ def _minhash_config(cfg: CorpusConfig):
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.utils.hashing import HashConfig
 
-    m = cfg.minhash
-    # sha1 shingles: datatrove hands str to its xxhash wrapper, which xxhash >= 4 refuses
+    m = cfg.minhash  # 64-bit xxhash shingles (CodeMinhashSignature hashes bytes)
     return MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket,
-                         seed=m.seed, hash_config=HashConfig(precision=64, hash_fc="sha1"))
+                         seed=m.seed, hash_config=HashConfig(precision=64, hash_fc="xxhash"))
 
 
 def build_stages(cfg: CorpusConfig, extra_write_steps: list | None = None) -> list[tuple[str, list, int]]:
@@ -96,7 +96,6 @@ def build_stages(cfg: CorpusConfig, extra_write_steps: list | None = None) -> li
         MinhashDedupBuckets,
         MinhashDedupCluster,
         MinhashDedupFilter,
-        MinhashDedupSignature,
     )
 
     from megatron_qwen.corpus.langid import LanguageFilter
@@ -140,11 +139,11 @@ def build_stages(cfg: CorpusConfig, extra_write_steps: list | None = None) -> li
                  JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl.gz")]
         dedup_source = work / "deduped"
         if cfg.minhash.enabled:
-            third.append(MinhashDedupSignature(str(work / "minhash_sigs"), config=mh, language=CodeWordTokenizer()))
+            third.append(CodeMinhashSignature(str(work / "minhash_sigs"), config=mh, language=CodeWordTokenizer()))
         stages.append(("exact_filter", third, cfg.tasks))
     else:
         if cfg.minhash.enabled:
-            first.append(MinhashDedupSignature(str(work / "minhash_sigs"), config=mh, language=CodeWordTokenizer()))
+            first.append(CodeMinhashSignature(str(work / "minhash_sigs"), config=mh, language=CodeWordTokenizer()))
         stages.append(("filter", first, cfg.tasks))
     last = [RankFileReader(str(dedup_source))]
     if cfg.minhash.enabled:

@@ -21,8 +21,10 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.utils.word_tokenizers import WordTokenizer
@@ -91,6 +93,22 @@ class CodeWordTokenizer(WordTokenizer):
         import re
 
         return [m.span() for m in re.finditer(r"\S+", text)]
+
+
+class CodeMinhashSignature(MinhashDedupSignature):
+    """datatrove's MinHash signature step with shingles hashed as UTF-8 bytes by xxh64. datatrove's own
+    `get_shingles` hands `str` to its xxhash wrapper, which xxhash >= 4 refuses; its sha1 option works but
+    is the largest cost of the pipeline. Same shingles (normalised text, `n_grams` consecutive words)."""
+
+    def get_shingles(self, text: str) -> np.ndarray:
+        from datatrove.utils.text import simplify_text
+        from xxhash import xxh64_intdigest
+
+        words = self.word_tokenizer.word_tokenize(simplify_text(text, self.config.norm_config))
+        n = self.config.n_grams
+        count = max(0, len(words) - n + 1)
+        return np.fromiter((xxh64_intdigest(" ".join(words[k:k + n]).encode("utf-8", "surrogatepass"))
+                            for k in range(count)), dtype=np.uint64, count=count).reshape((-1, 1))
 
 
 class DecontaminationFilter(BaseFilter):
