@@ -114,7 +114,7 @@ def build_stages(cfg: CorpusConfig, extra_write_steps: list | None = None) -> li
     else:
         raise ValueError(f"corpus.input_format must be 'files' or 'repos', got {cfg.input_format!r}")
     filters: list = []
-    if cfg.input_format == "files":
+    if cfg.mode == "file":  # source files; text/math records are prose (quality stages apply to them)
         filters.append(LanguageFilter(cfg.langid, exclusion_writer=_removed_writer(out, "language")))
         filters.append(CodeRuleFilter(cfg.rules, exclusion_writer=_removed_writer(out, "rules")))
     if cfg.decontaminate and cfg.mode != "repo":  # repo mode drops contaminated files itself

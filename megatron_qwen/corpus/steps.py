@@ -215,7 +215,7 @@ class IndexedShardWriter(PipelineStep):
         spec, state, tokenizer = self._state()
         outputs = _Outputs(prefix, state.output_keys, "document", token_dtype(tokenizer.vocab_size), spec.loss_mask)
         docs_tmp = f"{prefix}.docs.jsonl.tmp-{os.getpid()}"
-        totals = Counter()
+        totals = Counter(documents=0, tokens=0, records=0)
         skipped: Counter = Counter()
         try:
             with open(docs_tmp, "w", encoding="utf-8") as docs_file:

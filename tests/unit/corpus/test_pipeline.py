@@ -194,3 +194,45 @@ def test_corpus_command_end_to_end(runs, small_tokenizer_dir, tmp_path, capsys):
     assert sorted(cli) == sorted(api)
     for n, tokens in api.items():
         np.testing.assert_array_equal(cli[n], tokens)
+
+
+def test_repo_and_text_modes_match_preprocess(small_tokenizer_dir, tmp_path):
+    """The writer's other modes: repositories (`repo`, FIM, split at max_tokens) and prose (`text`) give the
+    tokens of `preprocess` with the same record numbers."""
+    import sysconfig
+
+    from megatron_qwen.corpus.steps import record_number
+    from megatron_qwen.data.preprocess.cli import main as preprocess
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    (tmp_path / "repos").mkdir()
+    (tmp_path / "text").mkdir()
+    ref_repos, ref_text = [], []
+    for k, pkgs in enumerate((("json", "html"), ("http", "wsgiref"))):
+        with open(tmp_path / "repos" / f"r{k}.jsonl", "w") as f, open(tmp_path / "text" / f"t{k}.jsonl", "w") as g:
+            for line, pkg in enumerate(pkgs):
+                files = [{"path": p.name, "content": p.read_text()} for p in sorted((stdlib / pkg).glob("*.py"))]
+                f.write(json.dumps({"name": pkg, "files": files}) + "\n")
+                ref_repos.append({"name": pkg, "files": files, "record_number": record_number(f"r{k}.jsonl", line)})
+                prose = (stdlib / pkg / "__init__.py").read_text()
+                g.write(json.dumps({"content": prose}) + "\n")
+                ref_text.append({"text": prose, "record_number": record_number(f"t{k}.jsonl", line)})
+    for mode, folder, refs, extra in (("repo", "repos", ref_repos, ["--max-tokens", "4096"]),
+                                      ("text", "text", ref_text, ["--append-eod"])):
+        cfg = corpus_config(tmp_path / folder, tmp_path / f"out_{mode}", small_tokenizer_dir, 2)
+        cfg.mode, cfg.max_tokens = mode, 4096
+        cfg.input_format = "repos" if mode == "repo" else "files"
+        report = run_corpus(cfg, ClusterConfig())
+        assert report["input_documents"] == 4 and not any(r.get("removed") for r in report["funnel"])
+        ref_in = tmp_path / f"ref_{mode}.jsonl"
+        ref_in.write_text("".join(json.dumps(r) + "\n" for r in refs))
+        assert preprocess(["--mode", mode, "--input", str(ref_in), "--output-prefix", str(tmp_path / f"ref_{mode}"),
+                           "--tokenizer", str(small_tokenizer_dir), "--seed", "1234", "--fim-rate", "0.5",
+                           "--record-number-key", "record_number", "--no-progress", *extra]) == 0
+        reference = read_documents(tmp_path / f"ref_{mode}_text_document")
+        # shards in rank order hold the records of input files 0 and 1 in order: the reference order
+        written = [d for r in range(2) for d in read_documents(tmp_path / f"out_{mode}" / "shards"
+                                                               / f"{r:05d}_text_document")]
+        assert len(written) == len(reference) > (4 if mode == "repo" else 3)
+        for a, b in zip(written, reference):
+            np.testing.assert_array_equal(a, b)
