@@ -84,3 +84,18 @@ def test_corpus_command_rejects_bad_config_in_one_line(capsys, tmp_path):
     assert main(["corpus", "corpus.nonsense=1"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     json.dumps(CorpusConfig().__dict__, default=str)  # the section is plain data
+
+
+def test_decontamination_step_drops_benchmark_overlap_with_reason(tmp_path):
+    from megatron_qwen.corpus.steps import DecontaminationFilter
+
+    bench = tmp_path / "mbpp.jsonl"
+    task = "Write a function to find the shared elements from the given two lists and return them sorted"
+    bench.write_text(json.dumps({"text": task, "test_list": ["assert f([1], [1]) == [1]"]}) + "\n")
+    docs = [Document(GOOD_CODE, "clean"),
+            Document(f'def f(a, b):\n    """{task.lower()}."""\n    return sorted(set(a) & set(b))\n', "leak")]
+    step = DecontaminationFilter([f"mbpp={bench}"])
+    kept = list(step.run(iter(docs)))
+    assert [d.id for d in kept] == ["clean"]
+    assert step.stats["dropped_decontaminated:mbpp"].total == 1
+    assert docs[1].metadata["decontaminated_ngram"].split()[:3] == ["write", "a", "function"]
