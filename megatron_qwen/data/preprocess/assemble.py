@@ -78,6 +78,7 @@ class WorkerState:
     strict: bool = False
     decontam_keys: tuple[str, ...] = ()
     parallel_encode: bool | None = None  # False when the workers are threads, one chunk each
+    record_number_key: str | None = None  # seed each record from this integer field, not its position
 
 
 _STATE: WorkerState | None = None
@@ -234,6 +235,8 @@ def process_chunk(chunk: Chunk, state: WorkerState | None = None) -> ChunkResult
         ctx.start_record(chunk.first_record + offset)
         try:
             record = _decode(item)
+            if state.record_number_key is not None:
+                ctx.start_record(_record_number(record, state.record_number_key))
             if ctx.decontam is not None and not spec.decontam_self:
                 hit = ctx.decontam.find_in_record({k: record[k] for k in state.decontam_keys if k in record})
                 if hit:
@@ -261,6 +264,13 @@ def process_chunk(chunk: Chunk, state: WorkerState | None = None) -> ChunkResult
         entry.setdefault("source", chunk.source)
     result.removed.extend(ctx.removed)
     return result
+
+
+def _record_number(record: dict, key: str) -> int:
+    value = record.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SkipRecord(f"field '{key}' is not an integer record number")
+    return value
 
 
 def _skip(result: ChunkResult, source: str, line: int, reason: str, detail: str | None = None) -> None:

@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append-eod", action="store_true", help="plain/text/math: end each document with EOD")
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--seed", type=int, default=1234, help="seed for FIM and file order (per record)")
+    p.add_argument("--record-number-key", metavar="FIELD",
+                   help="seed each record (FIM) from this integer field instead of its position in the input "
+                        "(what `megatron-qwen corpus` does, so its shards can be checked against this command)")
     p.add_argument("--chunk-bytes", type=int, default=1 << 20, help="input bytes per worker task")
     p.add_argument("--decontaminate", nargs="+", metavar="BENCH",
                    help="drop records sharing a word 10-gram with: humaneval, or NAME=PATH (mbpp=..., gsm8k=...)")

@@ -215,7 +215,8 @@ def run(options: argparse.Namespace) -> dict:
 
         decontam = Decontaminator.from_specs(options.decontaminate)
     ctx = ModeContext(tokenizer, options, resources, decontam, seed=options.seed)
-    state = WorkerState(spec, ctx, keys, options.strict, tuple(options.json_keys))
+    state = WorkerState(spec, ctx, keys, options.strict, tuple(options.json_keys),
+                        record_number_key=getattr(options, "record_number_key", None))
     outputs = _Outputs(options.output_prefix, keys, level, token_dtype(tokenizer.vocab_size), spec.loss_mask)
     totals = _Totals()
     start = time.perf_counter()

@@ -1,8 +1,8 @@
 """The package's layers import only downward, and no module imports itself back through others.
 
 The order (docs/architecture.md): config < platform < model < checkpointing < {data, sandbox} <
-{training, convert, synth} < {eval, launch, codebench} < cli. Modules of one layer may import each other; `training` and `convert` stand side
-by side (neither imports the other), and so do `eval` and `launch`. Function-level imports count too.
+{training, convert, synth, corpus} < {eval, launch, codebench} < cli. Modules of one layer may import each other; `training`, `convert`,
+`synth` and `corpus` stand side by side (none imports another), and so do `eval` and `launch`. Function-level imports count too.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[3] / "megatron_qwen"
-LAYERS = [["config"], ["platform"], ["model"], ["checkpointing"], ["data", "sandbox"], ["training", "convert", "synth"],
+LAYERS = [["config"], ["platform"], ["model"], ["checkpointing"], ["data", "sandbox"], ["training", "convert", "synth", "corpus"],
           ["eval", "launch", "codebench"], ["cli"]]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -1,0 +1,1 @@
+"""The pretraining corpus at cluster scale on datatrove: language ID, rule and quality filters, dedup, shards."""
