@@ -41,10 +41,50 @@ class Generator:
         self.batch_size = batch_size
 
     def encode(self, text: str) -> list[int]:
+        """Text -> ids; the model's control tokens written in the text (`<|fim_prefix|>`, `<|im_start|>`, ...)
+        become their ids, everything else is encoded raw (so a FIM or ChatML prompt string works)."""
         if self.tokenizer is None:
             raise ValueError("text prompts need a tokenizer")
         enc = getattr(self.tokenizer, "encode_raw", None) or self.tokenizer.encode
-        return list(enc(text))
+        pattern = self._control_pattern()
+        if pattern is None:
+            return list(enc(text))
+        ids: list[int] = []
+        for i, piece in enumerate(pattern.split(text)):
+            if i % 2:
+                ids.append(self.tokenizer.token_id(piece))
+            elif piece:
+                ids.extend(enc(piece))
+        return ids
+
+    def _control_pattern(self):
+        if not hasattr(self, "_pattern"):
+            import re
+
+            from megatron_qwen.data.tokenizer.qwen import (
+                CHAT_TOKENS,
+                EOD_TOKEN,
+                FIM_PAD,
+                FIM_TOKENS,
+                REPO_TOKENS,
+            )
+
+            known = []
+            for name in (*FIM_TOKENS, *CHAT_TOKENS, *REPO_TOKENS, FIM_PAD, EOD_TOKEN):
+                try:
+                    self.tokenizer.token_id(name)
+                    known.append(name)
+                except (KeyError, AttributeError):
+                    pass
+            self._pattern = re.compile("(" + "|".join(map(re.escape, known)) + ")") if known else None
+        return self._pattern
+
+    def nll(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
+        """Collective: (summed negative log-likelihood, predicted tokens) per id sequence, in batches."""
+        out: list[tuple[float, int]] = []
+        for b in range(0, len(sequences), self.batch_size):
+            out += self.decoder.sequence_nll(sequences[b : b + self.batch_size])
+        return out
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))

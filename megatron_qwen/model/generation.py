@@ -141,9 +141,9 @@ class KVCacheDecoder:
 
     # -- one forward over the pipeline ---------------------------------------------------------------------
 
-    def _forward(self, tokens: torch.Tensor, start: int, context) -> torch.Tensor | None:
-        """Run positions [start, start + s) of `tokens` [b, s]; the last stage returns [b, V] logits of the
-        last position (full vocabulary), the other stages None."""
+    def _forward(self, tokens: torch.Tensor, start: int, context, last_only: bool = True) -> torch.Tensor | None:
+        """Run positions [start, start + s) of `tokens` [b, s]; the last stage returns the logits over the full
+        vocabulary ([b, V] of the last position, or [b, s, V] with last_only=False), the other stages None."""
         b, s = tokens.shape
         positions = torch.arange(start, start + s, device=self.device)[None].expand(b, s)
         dtype = self.config.pipeline_dtype or self.config.params_dtype
@@ -155,7 +155,7 @@ class KVCacheDecoder:
                 chunk.set_input_tensor(buf)
             out = chunk(tokens, positions, None, inference_context=context, runtime_gather_output=True)
             if chunk.post_process:
-                logits = out[:, -1, :].float()  # [b, V]: vocabulary gathered over TP, only the last position kept
+                logits = out[:, -1, :].float() if last_only else out  # vocabulary gathered over TP
             else:
                 dist.send(out.contiguous(), dst=parallel_state.get_pipeline_model_parallel_next_rank())
         context.increment_sequence_len_offset(s)
@@ -234,6 +234,44 @@ class KVCacheDecoder:
             if r.text is None and decode is not None:
                 r.text = decode(r.tokens)
         return done
+
+    @torch.no_grad()
+    def sequence_nll(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
+        """Collective: (sum of -log p(token | the tokens before it), number of predicted tokens) for each
+        sequence, from one forward over the right-padded batch (every rank gets the numbers)."""
+        from megatron.core.inference.contexts.static_context import StaticInferenceContext
+        from megatron.core.inference.utils import InferenceMode
+
+        if any(len(s) < 2 for s in sequences):
+            raise ValueError("every sequence needs at least two tokens")
+        lengths = torch.tensor([len(s) for s in sequences], device=self.device)
+        batch, longest = len(sequences), int(lengths.max())
+        tokens = torch.zeros(batch, longest, dtype=torch.long, device=self.device)
+        for i, seq in enumerate(sequences):
+            tokens[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        context = StaticInferenceContext(batch, longest)
+        context.config.materialize_only_last_token_logits = False
+        sums = torch.zeros(batch, dtype=torch.float64, device=self.device)
+        for c in self.chunks:
+            c.eval()
+        try:
+            with InferenceMode.active():
+                logits = self._forward(tokens, 0, context, last_only=False)
+        finally:
+            for c in self.chunks:
+                if not c.pre_process:
+                    c.set_input_tensor(None)
+        if logits is not None:
+            if self.vocab_size is not None:
+                logits = logits[..., : self.vocab_size]
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            nll = -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
+            valid = torch.arange(longest - 1, device=self.device)[None] < (lengths[:, None] - 1)
+            sums = (nll * valid).sum(dim=1).double()
+        if self.pp > 1:
+            dist.broadcast(sums, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                           group=parallel_state.get_pipeline_model_parallel_group())
+        return [(float(x), int(n) - 1) for x, n in zip(sums.tolist(), lengths.tolist())]
 
     @staticmethod
     def _check(out: list[int], token: int, params: SamplingParams, decode) -> Generation | None:
