@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("megatron_qwen.cli.plan", "memory plan of a TP/PP/CP layout, or search the layouts that fit"),
     "needle": ("megatron_qwen.cli.needle", "Needle-in-the-Code long-context evaluation of a checkpoint"),
     "evaluate": ("megatron_qwen.cli.evaluate", "code benchmarks: a model (--checkpoint/--hf) or a completions file (--samples)"),
+    "serve": ("megatron_qwen.cli.serve", "OpenAI-compatible completions server (/v1/completions, /v1/chat/completions)"),
     "sandbox": ("megatron_qwen.sandbox.cli", "run one program in the execution sandbox, print its result as JSON"),
 }
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import torch
 
 from megatron_qwen.cli.evaluate import main
 from megatron_qwen.convert.importer import import_hf, run_single_process
+from tests.integration._tiny_model import make_tiny_hf
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +36,11 @@ def _evaluate(argv: list[str]) -> int:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, small_tokenizer_dir):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from megatron_qwen.data.tokenizer.qwen import load_tokenizer
 
     root = tmp_path_factory.mktemp("evaluate_model")
     tok = load_tokenizer(small_tokenizer_dir)
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=640, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                      max_position_embeddings=2048, initializer_range=0.2, rope_theta=10000.0)
-    hf = root / "hf"
-    Qwen2ForCausalLM(cfg).save_pretrained(str(hf))
-    for f in small_tokenizer_dir.iterdir():
-        if f.is_file():
-            shutil.copy(f, hf / f.name)
+    hf = make_tiny_hf(root / "hf", small_tokenizer_dir)
     import_hf(hf, root / "ckpt", show_progress=False)
     return root, tok
 
