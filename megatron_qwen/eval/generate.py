@@ -14,6 +14,7 @@ Every call is collective over the model-parallel group (docs/generation.md).
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Sequence
@@ -41,43 +42,9 @@ class Generator:
         self.batch_size = batch_size
 
     def encode(self, text: str) -> list[int]:
-        """Text -> ids; the model's control tokens written in the text (`<|fim_prefix|>`, `<|im_start|>`, ...)
-        become their ids, everything else is encoded raw (so a FIM or ChatML prompt string works)."""
         if self.tokenizer is None:
             raise ValueError("text prompts need a tokenizer")
-        enc = getattr(self.tokenizer, "encode_raw", None) or self.tokenizer.encode
-        pattern = self._control_pattern()
-        if pattern is None:
-            return list(enc(text))
-        ids: list[int] = []
-        for i, piece in enumerate(pattern.split(text)):
-            if i % 2:
-                ids.append(self.tokenizer.token_id(piece))
-            elif piece:
-                ids.extend(enc(piece))
-        return ids
-
-    def _control_pattern(self):
-        if not hasattr(self, "_pattern"):
-            import re
-
-            from megatron_qwen.data.tokenizer.qwen import (
-                CHAT_TOKENS,
-                EOD_TOKEN,
-                FIM_PAD,
-                FIM_TOKENS,
-                REPO_TOKENS,
-            )
-
-            known = []
-            for name in (*FIM_TOKENS, *CHAT_TOKENS, *REPO_TOKENS, FIM_PAD, EOD_TOKEN):
-                try:
-                    self.tokenizer.token_id(name)
-                    known.append(name)
-                except (KeyError, AttributeError):
-                    pass
-            self._pattern = re.compile("(" + "|".join(map(re.escape, known)) + ")") if known else None
-        return self._pattern
+        return encode_with_controls(self.tokenizer, text)
 
     def nll(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
         """Collective: (summed negative log-likelihood, predicted tokens) per id sequence, in batches."""
@@ -113,6 +80,38 @@ class Generator:
             bar.update(len(part))
         bar.close()
         return out  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=8)
+def _control_pattern(tokenizer):
+    import re
+
+    from megatron_qwen.data.tokenizer.qwen import CHAT_TOKENS, EOD_TOKEN, FIM_PAD, FIM_TOKENS, REPO_TOKENS
+
+    known = []
+    for name in (*FIM_TOKENS, *CHAT_TOKENS, *REPO_TOKENS, FIM_PAD, EOD_TOKEN):
+        try:
+            tokenizer.token_id(name)
+            known.append(name)
+        except (KeyError, AttributeError):
+            pass
+    return re.compile("(" + "|".join(map(re.escape, known)) + ")") if known else None
+
+
+def encode_with_controls(tokenizer, text: str) -> list[int]:
+    """Text -> ids; the model's control tokens written in the text (`<|fim_prefix|>`, `<|im_start|>`, ...)
+    become their ids, everything else is encoded raw (so a FIM or ChatML prompt string works)."""
+    enc = getattr(tokenizer, "encode_raw", None) or tokenizer.encode
+    pattern = _control_pattern(tokenizer)
+    if pattern is None:
+        return list(enc(text))
+    ids: list[int] = []
+    for i, piece in enumerate(pattern.split(text)):
+        if i % 2:
+            ids.append(tokenizer.token_id(piece))
+        elif piece:
+            ids.extend(enc(piece))
+    return ids
 
 
 def greedy_generate(model, prompt: list[int], max_new_tokens: int, stop_ids: frozenset[int] = frozenset()) -> list[int]:

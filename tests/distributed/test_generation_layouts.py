@@ -20,12 +20,12 @@ pytestmark = pytest.mark.slow  # one 2-process job
 
 NAME = "gqa7-untied"
 WORLD = 2
-NEW = 10
+NEW = 8
 LAYOUTS = {"tp1": (1, 1, None), "tp2": (2, 1, None), "pp2": (1, 2, None), "pp2-vpp2": (1, 2, 2)}
 PROMPTS = [  # different lengths (a batch is right-padded; prompts start generating at their own length)
     [5, 17, 33, 2, 91, 120, 7],
-    [250, 3],
-    [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33],
+    [250, 3, 9, 41],
+    [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22],
     [300, 301, 302, 303, 77],
 ]
 
@@ -55,7 +55,7 @@ def generate_all_layouts(ckpt: str) -> dict:
         out[layout] = [g.tokens for g in gen.generate(PROMPTS, SamplingParams(max_tokens=NEW))]
         if layout == "tp2":
             sampled = SamplingParams(max_tokens=NEW, temperature=0.8, top_p=0.9, seed=7)
-            out["sampled"] = [[g.tokens for g in gen.generate(PROMPTS, sampled)] for _ in range(2)]
+            out["sampled"] = [[g.tokens for g in gen.generate(PROMPTS[:2], sampled)] for _ in range(2)]
             stop_at = out[layout][0][3]  # the 4th greedy token of prompt 0
             g = gen.generate(PROMPTS[:1], SamplingParams(max_tokens=NEW, stop_ids=frozenset({stop_at})))[0]
             out["stopped"] = (g.tokens, g.finish_reason, g.stop_id, stop_at)
@@ -95,7 +95,7 @@ def test_seeded_sampling_repeats_and_differs_from_greedy(generated):
     refs, results = generated
     first, second = results[0]["sampled"]
     assert first == second and results[1]["sampled"][0] == first  # same seed, same ids, on both TP ranks
-    assert first != refs  # temperature 0.8 over a random model: not the greedy path
+    assert first != refs[:2]  # temperature 0.8 over a random model: not the greedy path
     assert all(len(t) == NEW for t in first)
 
 
