@@ -133,3 +133,12 @@ def test_models_and_unknown_route(server):
         assert json.loads(r.read())["data"][0]["id"] == hf.name
     status, got = _post(url + "/nothing", {})
     assert status == 404
+
+
+def test_serve_refuses_bad_arguments_in_one_line(tmp_path, capsys):
+    from megatron_qwen.cli.serve import main
+
+    assert main(["--checkpoint", str(tmp_path / "absent")]) == 2
+    assert main(["--hf", str(tmp_path), "--port", "70000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err) and "absent" in err[0]
