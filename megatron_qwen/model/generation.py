@@ -19,11 +19,13 @@ step after the first feeds one token per sequence. This module owns only the loo
   strings found in the decoded text (the text is cut before the stop), or max_tokens.
 
 Everything here is collective over the model-parallel group: every TP and PP rank of a replica calls
-`generate_ids` with the same prompts and parameters. Context parallelism is not supported (CP = 1).
+`generate_ids` with the same prompts and parameters. Context parallelism is not supported (CP = 1);
+sequence parallelism is switched off for the call and back on after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -108,10 +110,6 @@ class KVCacheDecoder:
         self.chunks = [_unwrap(c) for c in chunks]
         if parallel_state.get_context_parallel_world_size() != 1:
             raise NotImplementedError("generation runs with context_parallel_size = 1")
-        for chunk in self.chunks:
-            if chunk.config.sequence_parallel:
-                raise NotImplementedError("generation needs sequence_parallel off (one new token per step cannot be "
-                                          "split across tensor-parallel ranks)")
         first = self.chunks[0]
         self.config = first.config
         self.vocab_size = vocab_size
@@ -119,6 +117,31 @@ class KVCacheDecoder:
         self.device = next(first.parameters()).device
         self.pp = parallel_state.get_pipeline_model_parallel_world_size()
         self.tp = parallel_state.get_tensor_model_parallel_world_size()
+
+    @contextlib.contextmanager
+    def _inference(self):
+        """Eval mode, megatron's InferenceMode, sequence parallelism switched off (one new token per step
+        cannot be split across TP ranks; megatron's own helper flips the flags and they are restored after),
+        and the chunks' input tensors cleared afterwards."""
+        from megatron.core.inference.utils import InferenceMode
+        from megatron.core.transformer.utils import set_model_to_sequence_parallel
+
+        was_training = [c.training for c in self.chunks]
+        sequence_parallel = [c.config.sequence_parallel for c in self.chunks]
+        try:
+            for c, sp in zip(self.chunks, sequence_parallel):
+                c.eval()
+                if sp:
+                    set_model_to_sequence_parallel(c, False)
+            with InferenceMode.active():
+                yield
+        finally:
+            for c, training, sp in zip(self.chunks, was_training, sequence_parallel):
+                c.train(training)
+                if sp:
+                    set_model_to_sequence_parallel(c, True)
+                if not c.pre_process:
+                    c.set_input_tensor(None)
 
     # -- collectives -------------------------------------------------------------------------------------
 
@@ -170,7 +193,6 @@ class KVCacheDecoder:
         """Collective: continue every prompt. `decode(ids) -> str` gives `Generation.text` and finds stop
         strings; `progress(n)` is called after each step with the number of positions processed."""
         from megatron.core.inference.contexts.static_context import StaticInferenceContext
-        from megatron.core.inference.utils import InferenceMode
 
         if not prompts:
             return []
@@ -196,39 +218,29 @@ class KVCacheDecoder:
         results: list[Generation | None] = [None] * batch
         context = StaticInferenceContext(batch, total)
         context.config.materialize_only_last_token_logits = True
-        was_training = [c.training for c in self.chunks]
-        for c in self.chunks:
-            c.eval()
         last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-        try:
-            with InferenceMode.active():
-                start, end = 0, shortest
-                while True:
-                    logits = self._forward(tokens[:, start:end], start, context)
-                    ids = None
-                    if last_stage:
-                        if self.vocab_size is not None:
-                            logits = logits[:, : self.vocab_size]
-                        ids = _select(logits, params, generator)
-                    ids = self._broadcast_from_last_stage(ids, batch).tolist()
-                    for i in range(batch):
-                        if results[i] is not None or lengths[i] > end:
-                            continue  # finished, or still reading its prompt
-                        tokens[i, end] = ids[i]
-                        results[i] = self._check(out[i], ids[i], params, decode)
-                    if progress is not None:
-                        progress(end - start)
-                    if all(r is not None for r in results) or end + 1 >= total:
-                        break
-                    if end >= longest:
-                        context.enable_decode_mode()
-                    start, end = end, end + 1
-        finally:
-            for c, t in zip(self.chunks, was_training):
-                c.train(t)
-            for c in self.chunks:
-                if not c.pre_process:
-                    c.set_input_tensor(None)
+        with self._inference():
+            start, end = 0, shortest
+            while True:
+                logits = self._forward(tokens[:, start:end], start, context)
+                ids = None
+                if last_stage:
+                    if self.vocab_size is not None:
+                        logits = logits[:, : self.vocab_size]
+                    ids = _select(logits, params, generator)
+                ids = self._broadcast_from_last_stage(ids, batch).tolist()
+                for i in range(batch):
+                    if results[i] is not None or lengths[i] > end:
+                        continue  # finished, or still reading its prompt
+                    tokens[i, end] = ids[i]
+                    results[i] = self._check(out[i], ids[i], params, decode)
+                if progress is not None:
+                    progress(end - start)
+                if all(r is not None for r in results) or end + 1 >= total:
+                    break
+                if end >= longest:
+                    context.enable_decode_mode()
+                start, end = end, end + 1
         done = [r if r is not None else Generation(o, None, "length") for r, o in zip(results, out)]
         for r in done:
             if r.text is None and decode is not None:
@@ -240,7 +252,6 @@ class KVCacheDecoder:
         """Collective: (sum of -log p(token | the tokens before it), number of predicted tokens) for each
         sequence, from one forward over the right-padded batch (every rank gets the numbers)."""
         from megatron.core.inference.contexts.static_context import StaticInferenceContext
-        from megatron.core.inference.utils import InferenceMode
 
         if any(len(s) < 2 for s in sequences):
             raise ValueError("every sequence needs at least two tokens")
@@ -252,15 +263,8 @@ class KVCacheDecoder:
         context = StaticInferenceContext(batch, longest)
         context.config.materialize_only_last_token_logits = False
         sums = torch.zeros(batch, dtype=torch.float64, device=self.device)
-        for c in self.chunks:
-            c.eval()
-        try:
-            with InferenceMode.active():
-                logits = self._forward(tokens, 0, context, last_only=False)
-        finally:
-            for c in self.chunks:
-                if not c.pre_process:
-                    c.set_input_tensor(None)
+        with self._inference():
+            logits = self._forward(tokens, 0, context, last_only=False)
         if logits is not None:
             if self.vocab_size is not None:
                 logits = logits[..., : self.vocab_size]

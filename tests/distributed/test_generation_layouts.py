@@ -5,7 +5,9 @@ imported to a Megatron checkpoint, exported back to HF with our exporter, and tr
 (greedy, KV cache) continues each prompt of a batch of different lengths on the exported weights, one
 prompt at a time. One 2-process gloo job then loads the checkpoint at every layout (dist-checkpointing
 reshards it) and generates the whole batch at once; every layout must give exactly transformers' ids.
-At TP=2 the same job also samples with a seed twice (same ids both times) and stops on a stop id.
+At TP=2 the same job also samples with a seed twice (same ids both times), stops on a stop id, generates
+with chunks built with sequence parallelism (switched off for the call, restored after), and serves one
+request over loopback HTTP with rank 0 serving and rank 1 following.
 """
 
 from __future__ import annotations
@@ -39,6 +41,45 @@ def _set_layout(tp: int, pp: int, vpp: int | None) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(1234)
 
 
+class IdsText:
+    """A stand-in tokenizer whose text is the ids themselves, so the server's text answers show ids."""
+
+    eod = None
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+def _serve_one_request(gen) -> dict | None:
+    """Rank 0 serves /v1/completions over loopback HTTP and asks for one greedy completion; rank 1 follows."""
+    import json
+    import threading
+    import urllib.request
+
+    import torch.distributed as dist
+
+    from megatron_qwen.eval.server import Service, follow, serve
+
+    gen.tokenizer = IdsText()
+    service = Service(gen, "tiny")
+    if dist.get_rank() != 0:
+        follow(service)
+        return None
+    stop, answer = threading.Event(), {}
+
+    def client(address):
+        body = json.dumps({"prompt": PROMPTS[0], "max_tokens": NEW, "temperature": 0}).encode()
+        req = urllib.request.Request(f"http://{address[0]}:{address[1]}/v1/completions", data=body)
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                answer.update(json.loads(r.read()))
+        finally:
+            stop.set()
+
+    serve(service, "127.0.0.1", 0, ready=lambda a: threading.Thread(target=client, args=(a,)).start(), stop=stop)
+    return answer
+
+
 def generate_all_layouts(ckpt: str) -> dict:
     """Worker (both ranks): load `ckpt` at every layout and generate the batch."""
     from megatron_qwen.config import ParallelConfig
@@ -59,6 +100,16 @@ def generate_all_layouts(ckpt: str) -> dict:
             stop_at = out[layout][0][3]  # the 4th greedy token of prompt 0
             g = gen.generate(PROMPTS[:1], SamplingParams(max_tokens=NEW, stop_ids=frozenset({stop_at})))[0]
             out["stopped"] = (g.tokens, g.finish_reason, g.stop_id, stop_at)
+            out["served"] = _serve_one_request(gen)
+            # The same checkpoint in chunks built with sequence parallelism (as a trainer may hold them).
+            from megatron_qwen.checkpointing.weights import load_model_checkpoint
+            from megatron_qwen.model.build import build_model
+
+            sp = build_model(loaded.model, ParallelConfig(tensor_model_parallel_size=2, sequence_parallel=True), 0)
+            load_model_checkpoint(sp, ckpt)
+            gen_sp = Generator(sp, vocab_size=loaded.vocab_size, batch_size=len(PROMPTS))
+            out["sequence_parallel"] = [g.tokens for g in gen_sp.generate(PROMPTS, SamplingParams(max_tokens=NEW))]
+            out["sequence_parallel_restored"] = all(c.config.sequence_parallel for c in sp)
     return out
 
 
@@ -104,3 +155,17 @@ def test_stop_id_ends_generation_without_the_stop_id(generated):
     tokens, reason, stop_id, stop_at = results[0]["stopped"]
     cut = refs[0].index(stop_at)
     assert tokens == refs[0][:cut] and reason == "stop" and stop_id == stop_at
+
+
+def test_chunks_built_with_sequence_parallelism_generate_the_same_and_keep_it(generated):
+    refs, results = generated
+    for result in results:
+        assert result["sequence_parallel"] == refs and result["sequence_parallel_restored"]
+
+
+def test_model_parallel_server_answers_over_http(generated):
+    """TP=2: rank 0 serves, rank 1 follows the broadcast requests; the answer is the greedy continuation."""
+    refs, results = generated
+    served = results[0]["served"]
+    assert served["choices"][0]["text"] == " ".join(map(str, refs[0]))
+    assert served["usage"]["completion_tokens"] == NEW and served["usage"]["prompt_tokens"] == len(PROMPTS[0])
