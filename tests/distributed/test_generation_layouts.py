@@ -94,6 +94,9 @@ def generate_all_layouts(ckpt: str) -> dict:
         loaded = load_model(checkpoint=ckpt)
         gen = Generator(loaded.chunks, vocab_size=loaded.vocab_size, batch_size=len(PROMPTS))
         out[layout] = [g.tokens for g in gen.generate(PROMPTS, SamplingParams(max_tokens=NEW))]
+        if layout == "tp1":  # two data-parallel replicas: each generates half the prompts, all ranks get all
+            shared = Generator(loaded.chunks, vocab_size=loaded.vocab_size, batch_size=2, data_parallel=True)
+            out["data_parallel"] = [g.tokens for g in shared.generate(PROMPTS, SamplingParams(max_tokens=NEW))]
         if layout == "tp2":
             sampled = SamplingParams(max_tokens=NEW, temperature=0.8, top_p=0.9, seed=7)
             out["sampled"] = [[g.tokens for g in gen.generate(PROMPTS[:2], sampled)] for _ in range(2)]
@@ -140,6 +143,11 @@ def test_greedy_tokens_equal_transformers(generated, layout):
     refs, results = generated
     for rank, result in enumerate(results):
         assert result[layout] == refs, f"rank {rank}, {layout}"
+
+
+def test_data_parallel_replicas_share_the_prompts(generated):
+    refs, results = generated
+    assert all(result["data_parallel"] == refs for result in results)
 
 
 def test_seeded_sampling_repeats_and_differs_from_greedy(generated):
