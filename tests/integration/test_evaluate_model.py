@@ -145,3 +145,27 @@ def test_bad_input_is_one_line_exit_2(tiny, capsys):
     assert main(["--checkpoint", str(root / "ckpt"), "--benchmark", "perplexity", "--output", str(root / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--data" in err and "\n" not in err
+
+
+def test_crosscodeeval_file_prompts_and_rescore(tiny):
+    """A user-supplied repository-level file: the prompt is the cross-file context as comments + the left
+    context; exact match and edit similarity, equal when the saved completions are scored again."""
+    from megatron_qwen.codebench.cli import main as score_main
+    from megatron_qwen.codebench.crosscodeeval import read_crosscodeeval, render_left_context
+
+    root, _ = tiny
+    rows = [{"metadata": {"task_id": f"repo/t{i}"}, "prompt": f"import util\n\nx = util.helper({i}", "right_context": ")\n",
+             "groundtruth": ")", "crossfile_context": {"list": [{"filename": "util.py", "retrieved_chunk": "def helper(n):\n    return n"}]}}
+            for i in range(2)]
+    problems = root / "cceval.jsonl"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = root / "cceval"
+    assert _evaluate(["--checkpoint", str(root / "ckpt"), "--tokenizer", str(root / "hf"), "--benchmark", "crosscodeeval",
+                      "--problems", str(problems), "--max-tokens", "6", "--output", str(out)]) == 0
+    completions = _rows(out / "completions.jsonl")
+    assert [r["prompt"] for r in completions] == [render_left_context(t) for t in read_crosscodeeval(problems)]
+    results = json.loads((out / "results.json").read_text())
+    assert score_main(["--samples", str(out / "completions.jsonl"), "--benchmark", "crosscodeeval", "--problems",
+                       str(problems), "--output", str(root / "cceval-rescored")]) == 0
+    rescored = json.loads((root / "cceval-rescored" / "results.json").read_text())
+    assert (rescored["exact_match"], rescored["edit_similarity"]) == (results["exact_match"], results["edit_similarity"])
