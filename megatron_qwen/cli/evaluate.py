@@ -128,7 +128,15 @@ def run_model(a: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(arg.split("=")[0] in MODEL_FLAGS for arg in argv):
+    model_mode = any(arg.split("=")[0] in MODEL_FLAGS for arg in argv)
+    if not model_mode and any(arg in ("-h", "--help") for arg in argv):
+        from megatron_qwen.codebench.cli import build_parser as samples_parser
+
+        print(build_parser().format_help())
+        print("Without a model, score a completions file:\n")
+        print(samples_parser().format_help())
+        return 0
+    if not model_mode:
         from megatron_qwen.codebench.cli import main as score_main
 
         return score_main(argv)
