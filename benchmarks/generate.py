@@ -1,15 +1,15 @@
 """Generation speed: our KV-cached generator vs transformers' `generate`, same weights, same prompts.
 
     .venv/bin/python benchmarks/generate.py [--layers 4] [--hidden 256] [--vocab 8192] [--batch 8]
-                                            [--prompt 48] [--new 64] [--repeat 3] [--threads 2]
+                                            [--prompt 48] [--new 64] [--repeat 5] [--threads 2]
 
 A random Qwen2 model (float32, GQA 2, tied) is written in HF format and imported to a Megatron
 checkpoint; both sides load their copy in this process (TP = PP = 1). Prompts: `batch` random id
-sequences of lengths spread over [prompt/2, prompt]. transformers runs `generate` on the batch
+sequences of lengths spread over [prompt/2, prompt] (or all `prompt` long with --equal-lengths). transformers runs `generate` on the batch
 left-padded with an attention mask (its usual batched path, KV cache on); ours runs the batch
 right-padded (model/generation.py). Both decode greedily exactly `new` tokens per prompt (no stop).
-Each side is warmed up once, then timed `repeat` times; the best time is reported as generated tokens
-per second. Target: ours / transformers >= 1.0. Also printed: whether the greedy ids agree per prompt.
+Each side is warmed up once, then the two are timed alternately `repeat` times (a busy machine slows both
+alike); the best time of each is reported as generated tokens per second. Target: ours / transformers >= 1.0. Also printed: whether the greedy ids agree per prompt.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt", type=int, default=48)
     p.add_argument("--new", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--equal-lengths", action="store_true", help="every prompt `prompt` tokens long")
     a = p.parse_args()
 
     import torch
@@ -51,7 +52,8 @@ def main() -> None:
         import_hf(work / "hf", work / "ckpt", show_progress=False)
 
         g = torch.Generator().manual_seed(1)
-        lengths = torch.linspace(a.prompt // 2, a.prompt, a.batch).round().int().tolist()
+        low = a.prompt if a.equal_lengths else a.prompt // 2
+        lengths = torch.linspace(low, a.prompt, a.batch).round().int().tolist()
         prompts = [torch.randint(3, a.vocab, (n,), generator=g).tolist() for n in lengths]
         tokens = a.batch * a.new
 
@@ -77,13 +79,12 @@ def main() -> None:
         def run_ours():
             return [r.tokens for r in ours.generate(prompts, params)]
 
-        results = {}
-        for name, fn in (("transformers", run_hf), ("megatron_qwen", run_ours)):
-            out = fn()  # warm-up
-            best = min(_timed(fn) for _ in range(a.repeat))
-            results[name] = (best, out)
-        t_hf, out_hf = results["transformers"]
-        t_ours, out_ours = results["megatron_qwen"]
+        out_hf, out_ours = run_hf(), run_ours()  # warm-up (and the ids compared below)
+        times: dict[str, list[float]] = {"transformers": [], "megatron_qwen": []}
+        for _ in range(a.repeat):  # interleaved, so a busy machine slows both sides alike
+            times["transformers"].append(_timed(run_hf))
+            times["megatron_qwen"].append(_timed(run_ours))
+        t_hf, t_ours = min(times["transformers"]), min(times["megatron_qwen"])
         same = sum(x == y for x, y in zip(out_hf, out_ours))
         print(f"model: {a.layers} layers, hidden {a.hidden}, vocab {a.vocab}, float32, {a.threads} threads; "
               f"batch {a.batch} prompts of {min(lengths)}-{max(lengths)} tokens, {a.new} new tokens each")

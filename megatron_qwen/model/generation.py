@@ -122,9 +122,11 @@ class KVCacheDecoder:
     def _inference(self):
         """Eval mode, megatron's InferenceMode, sequence parallelism switched off (one new token per step
         cannot be split across TP ranks; megatron's own helper flips the flags and they are restored after),
-        and the chunks' input tensors cleared afterwards."""
+        the CPU adapter's function mode suspended, and the chunks' input tensors cleared afterwards."""
         from megatron.core.inference.utils import InferenceMode
         from megatron.core.transformer.utils import set_model_to_sequence_parallel
+
+        from megatron_qwen.platform import cpu_adapter
 
         was_training = [c.training for c in self.chunks]
         sequence_parallel = [c.config.sequence_parallel for c in self.chunks]
@@ -133,7 +135,9 @@ class KVCacheDecoder:
                 c.eval()
                 if sp:
                     set_model_to_sequence_parallel(c, False)
-            with InferenceMode.active():
+            # On CPU the adapter's device-mapping mode is suspended: nothing in this loop asks for a "cuda"
+            # device, and the mode's per-op round trip into Python cost ~40% of the time (docs/generation.md).
+            with InferenceMode.active(), cpu_adapter.suspended():
                 yield
         finally:
             for c, training, sp in zip(self.chunks, was_training, sequence_parallel):
