@@ -106,8 +106,9 @@ class KVCacheDecoder:
     """
 
     def __init__(self, chunks: Sequence[torch.nn.Module], vocab_size: int | None = None,
-                 max_sequence_length: int | None = None):
+                 max_sequence_length: int | None = None, left_padding: bool = True):
         self.chunks = [_unwrap(c) for c in chunks]
+        self.left_padding = left_padding
         if parallel_state.get_context_parallel_world_size() != 1:
             raise NotImplementedError("generation runs with context_parallel_size = 1")
         first = self.chunks[0]
@@ -147,6 +148,41 @@ class KVCacheDecoder:
                 if not c.pre_process:
                     c.set_input_tensor(None)
 
+    def _left_padding_supported(self) -> bool:
+        """Left padding needs an attention that honours an explicit padding mask in prefill and decode, and
+        RoPE applied from a per-row table: our local core attention does; Transformer Engine's (GPU) takes
+        the mask type from the layer spec, so there the batch is right-padded instead."""
+        from megatron_qwen.model.attention import LocalCoreAttention
+
+        layers = [layer for c in self.chunks for layer in c.decoder.layers]
+        return all(isinstance(layer.self_attention.core_attention, LocalCoreAttention) for layer in layers) and \
+            not getattr(self.config, "apply_rope_fusion", False)
+
+    @contextlib.contextmanager
+    def _row_positions(self, positions: torch.Tensor):
+        """RoPE from position `positions[row, index]` instead of `index`: megatron computes one table for
+        the whole batch (indexed by sequence index); for the call, each chunk's table becomes [s, b, 1, d]."""
+        patched = []
+        for chunk in self.chunks:
+            module = getattr(chunk, "rotary_pos_emb", None)
+            if module is None:
+                continue
+            original = module.forward
+
+            def per_row(*args, _original=original, **kwargs):
+                out = _original(*args, **kwargs)
+                table, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, None)
+                table = table[positions.t()].squeeze(2)  # [s, 1, 1, d] -> [s, b, 1, d]
+                return (table, *rest) if rest is not None else table
+
+            module.forward = per_row
+            patched.append(module)
+        try:
+            yield
+        finally:
+            for module in patched:
+                del module.forward  # back to the class's method
+
     # -- collectives -------------------------------------------------------------------------------------
 
     def _shared_seed(self) -> int:
@@ -168,7 +204,8 @@ class KVCacheDecoder:
 
     # -- one forward over the pipeline ---------------------------------------------------------------------
 
-    def _forward(self, tokens: torch.Tensor, start: int, context, last_only: bool = True) -> torch.Tensor | None:
+    def _forward(self, tokens: torch.Tensor, start: int, context, last_only: bool = True,
+                 mask: torch.Tensor | None = None) -> torch.Tensor | None:
         """Run positions [start, start + s) of `tokens` [b, s]; the last stage returns the logits over the full
         vocabulary ([b, V] of the last position, or [b, s, V] with last_only=False), the other stages None."""
         b, s = tokens.shape
@@ -180,7 +217,7 @@ class KVCacheDecoder:
                 buf = torch.empty(s, b, self.config.hidden_size, dtype=dtype, device=self.device)
                 dist.recv(buf, src=parallel_state.get_pipeline_model_parallel_prev_rank())
                 chunk.set_input_tensor(buf)
-            out = chunk(tokens, positions, None, inference_context=context, runtime_gather_output=True)
+            out = chunk(tokens, positions, mask, inference_context=context, runtime_gather_output=True)
             if chunk.post_process:
                 logits = out[:, -1, :].float() if last_only else out  # vocabulary gathered over TP
             else:
@@ -211,8 +248,16 @@ class KVCacheDecoder:
             raise ValueError(f"prompt ({longest} tokens) + max_tokens ({params.max_tokens}) = {total} exceeds the "
                              f"model's maximum sequence length {self.max_sequence_length}")
         tokens = torch.zeros(batch, total, dtype=torch.long, device=self.device)
+        left = self.left_padding and shortest != longest and self._left_padding_supported()
+        pads = [longest - n if left else 0 for n in lengths]
         for i, p in enumerate(prompts):
-            tokens[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+            tokens[i, pads[i] : pads[i] + len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+        if left:  # every row's prompt ends at `longest`: one prefill, then every step generates for all rows
+            lengths, shortest = [longest] * batch, longest
+            index = torch.arange(total, device=self.device)
+            pad = torch.tensor(pads, device=self.device)[:, None]
+            row_positions = (index[None] - pad).clamp(min=0)  # [b, total]
+            real_key = index[None] >= pad  # [b, total]
         generator = None
         if params.temperature > 0:
             generator = torch.Generator(device=self.device)
@@ -223,10 +268,20 @@ class KVCacheDecoder:
         context = StaticInferenceContext(batch, total)
         context.config.materialize_only_last_token_logits = True
         last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
-        with self._inference():
+        positions = self._row_positions(row_positions) if left else contextlib.nullcontext()
+        with self._inference(), positions:
             start, end = 0, shortest
             while True:
-                logits = self._forward(tokens[:, start:end], start, context)
+                mask = None
+                if left:  # megatron's convention: True = masked. Pad queries see themselves (no empty row).
+                    keys = real_key[:, None, None, :end]
+                    if start == 0:
+                        causal = torch.ones(end, end, dtype=torch.bool, device=self.device).tril()
+                        allowed = (causal & keys) | torch.eye(end, dtype=torch.bool, device=self.device)
+                    else:
+                        allowed = keys
+                    mask = ~allowed
+                logits = self._forward(tokens[:, start:end], start, context, mask=mask)
                 ids = None
                 if last_stage:
                     if self.vocab_size is not None:

@@ -1,5 +1,7 @@
 """KV-cached generation at TP=1, TP=2, PP=2 and PP=2 x VPP=2 gives transformers' greedy tokens, batched.
 
+Batches are left-padded (one prefill, per-row RoPE positions, a padding mask); the right-padded
+variant (what the Transformer Engine spec uses on GPU) is checked too at TP=1 and PP=2.
 A tiny random transformers Qwen2 model (4 layers, 14 heads in 2 KV groups, untied, vocabulary 320) is
 imported to a Megatron checkpoint, exported back to HF with our exporter, and transformers' `generate`
 (greedy, KV cache) continues each prompt of a batch of different lengths on the exported weights, one
@@ -94,6 +96,10 @@ def generate_all_layouts(ckpt: str) -> dict:
         loaded = load_model(checkpoint=ckpt)
         gen = Generator(loaded.chunks, vocab_size=loaded.vocab_size, batch_size=len(PROMPTS))
         out[layout] = [g.tokens for g in gen.generate(PROMPTS, SamplingParams(max_tokens=NEW))]
+        if layout in ("tp1", "pp2"):  # the right-padded batch (what the Transformer Engine spec gets on GPU)
+            gen.decoder.left_padding = False
+            out[layout + "-right-padded"] = [g.tokens for g in gen.generate(PROMPTS, SamplingParams(max_tokens=NEW))]
+            gen.decoder.left_padding = True
         if layout == "tp1":  # two data-parallel replicas: each generates half the prompts, all ranks get all
             shared = Generator(loaded.chunks, vocab_size=loaded.vocab_size, batch_size=2, data_parallel=True)
             out["data_parallel"] = [g.tokens for g in shared.generate(PROMPTS, SamplingParams(max_tokens=NEW))]
@@ -143,6 +149,12 @@ def test_greedy_tokens_equal_transformers(generated, layout):
     refs, results = generated
     for rank, result in enumerate(results):
         assert result[layout] == refs, f"rank {rank}, {layout}"
+
+
+@pytest.mark.parametrize("layout", ["tp1", "pp2"])
+def test_right_padded_batches_give_the_same_tokens(generated, layout):
+    refs, results = generated
+    assert all(result[layout + "-right-padded"] == refs for result in results)
 
 
 def test_data_parallel_replicas_share_the_prompts(generated):
