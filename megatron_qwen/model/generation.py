@@ -5,11 +5,13 @@ every attention layer keeps its keys and values (`Attention._adjust_key_value_fo
 step after the first feeds one token per sequence. This module owns only the loop around it
 (docs/generation.md says why not megatron-core's engines):
 
-- Prompts of different lengths are right-padded into one [batch, longest + max_tokens] block. The first
-  forward runs the shortest prompt's length (prefill); every later step feeds one position for every row:
-  the row's own prompt token while its prompt lasts, its last generated token after that. Every row
-  therefore sees exactly the positions and keys it would see alone (megatron's static batching does the
-  same), and its causal mask is the plain one.
+- Prompts of different lengths are left-padded into one [batch, longest + max_tokens] block: one prefill
+  forward, then one token per row per step. A padding mask hides the pad keys and RoPE is taken at each
+  row's own positions (megatron's rotary table re-indexed per row for the call), so every row sees exactly
+  what it would see alone. With Transformer Engine's attention (GPU), which takes its mask type from the
+  spec, the block is right-padded instead: the first forward runs the shortest prompt's length, then every
+  step feeds one position per row (its own prompt token while its prompt lasts, its last generated token
+  after), as megatron's static batching does; exact with a plain causal mask, but with extra steps.
 - Pipeline parallelism: each chunk's activations [s, b, h] go to the next pipeline rank with a blocking
   send/recv (a chunk per virtual stage, in pipeline order); the last stage picks the next tokens and
   broadcasts them to the other pipeline ranks, so every rank holds every row's ids and decides the stops
