@@ -9,7 +9,8 @@ prompt at a time. One 2-process gloo job then loads the checkpoint at every layo
 reshards it) and generates the whole batch at once; every layout must give exactly transformers' ids.
 At TP=2 the same job also samples with a seed twice (same ids both times), stops on a stop id, generates
 with chunks built with sequence parallelism (switched off for the call, restored after), and serves one
-request over loopback HTTP with rank 0 serving and rank 1 following.
+request over loopback HTTP with rank 0 serving and rank 1 following; a second model with YaRN rope scaling
+is checked at TP=2.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tests.unit.convert._hf_models import make_hf_model
 pytestmark = pytest.mark.slow  # one 2-process job
 
 NAME = "gqa7-untied"
+YARN = "gqa2-tied-yarn"  # YaRN rope scaling (factor 4), tied embeddings, vocabulary 256
 WORLD = 2
 NEW = 8
 LAYOUTS = {"tp1": (1, 1, None), "tp2": (2, 1, None), "pp2": (1, 2, None), "pp2-vpp2": (1, 2, 2)}
@@ -32,6 +34,7 @@ PROMPTS = [  # different lengths (a batch is right-padded; prompts start generat
     [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22],
     [300, 301, 302, 303, 77],
 ]
+YARN_PROMPTS = [[t % 256 for t in p] for p in PROMPTS]
 
 
 def _set_layout(tp: int, pp: int, vpp: int | None) -> None:
@@ -82,8 +85,8 @@ def _serve_one_request(gen) -> dict | None:
     return answer
 
 
-def generate_all_layouts(ckpt: str) -> dict:
-    """Worker (both ranks): load `ckpt` at every layout and generate the batch."""
+def generate_all_layouts(ckpt: str, yarn_ckpt: str) -> dict:
+    """Worker (both ranks): load `ckpt` at every layout and generate the batch (and `yarn_ckpt` at TP=2)."""
     from megatron_qwen.config import ParallelConfig
     from megatron_qwen.eval.generate import Generator, load_model
     from megatron_qwen.model.generation import SamplingParams
@@ -119,6 +122,9 @@ def generate_all_layouts(ckpt: str) -> dict:
             gen_sp = Generator(sp, vocab_size=loaded.vocab_size, batch_size=len(PROMPTS))
             out["sequence_parallel"] = [g.tokens for g in gen_sp.generate(PROMPTS, SamplingParams(max_tokens=NEW))]
             out["sequence_parallel_restored"] = all(c.config.sequence_parallel for c in sp)
+            yarn = load_model(checkpoint=yarn_ckpt)  # YaRN's rotary table, re-indexed per row, at TP=2
+            gen_yarn = Generator(yarn.chunks, vocab_size=yarn.vocab_size, batch_size=len(PROMPTS))
+            out["yarn"] = [g.tokens for g in gen_yarn.generate(YARN_PROMPTS, SamplingParams(max_tokens=NEW))]
     return out
 
 
@@ -130,40 +136,43 @@ def generated(tmp_path_factory):
     from megatron_qwen.convert.importer import import_hf
 
     root = tmp_path_factory.mktemp("generation")
-    make_hf_model(root / "orig", NAME, seed=3)
-    import_hf(root / "orig", root / "ckpt", show_progress=False)
-    export_hf(root / "ckpt", root / "exported", show_progress=False)
-    hf = AutoModelForCausalLM.from_pretrained(str(root / "exported"), dtype=torch.float32).eval()
-    refs = []
-    for p in PROMPTS:
-        ids = hf.generate(torch.tensor([p]), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
-                          use_cache=True, pad_token_id=0, eos_token_id=None)
-        refs.append(ids[0, len(p):].tolist())
-    del hf
-    results = run_workers(WORLD, generate_all_layouts, str(root / "ckpt"), timeout=600)
-    return refs, results
+    refs = {}
+    for name, seed, prompts in ((NAME, 3, PROMPTS), (YARN, 4, YARN_PROMPTS)):
+        make_hf_model(root / "orig" / name, name, seed=seed)
+        import_hf(root / "orig" / name, root / "ckpt" / name, show_progress=False)
+        export_hf(root / "ckpt" / name, root / "exported" / name, show_progress=False)
+        hf = AutoModelForCausalLM.from_pretrained(str(root / "exported" / name), dtype=torch.float32).eval()
+        refs[name] = []
+        for p in prompts:
+            ids = hf.generate(torch.tensor([p]), max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
+                              use_cache=True, pad_token_id=0, eos_token_id=None)
+            refs[name].append(ids[0, len(p):].tolist())
+        del hf
+    results = run_workers(WORLD, generate_all_layouts, str(root / "ckpt" / NAME), str(root / "ckpt" / YARN),
+                          timeout=600)
+    return refs[NAME], results, refs[YARN]
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_greedy_tokens_equal_transformers(generated, layout):
-    refs, results = generated
+    refs, results, _ = generated
     for rank, result in enumerate(results):
         assert result[layout] == refs, f"rank {rank}, {layout}"
 
 
 @pytest.mark.parametrize("layout", ["tp1", "pp2"])
 def test_right_padded_batches_give_the_same_tokens(generated, layout):
-    refs, results = generated
+    refs, results, _ = generated
     assert all(result[layout + "-right-padded"] == refs for result in results)
 
 
 def test_data_parallel_replicas_share_the_prompts(generated):
-    refs, results = generated
+    refs, results, _ = generated
     assert all(result["data_parallel"] == refs for result in results)
 
 
 def test_seeded_sampling_repeats_and_differs_from_greedy(generated):
-    refs, results = generated
+    refs, results, _ = generated
     first, second = results[0]["sampled"]
     assert first == second and results[1]["sampled"][0] == first  # same seed, same ids, on both TP ranks
     assert first != refs[:2]  # temperature 0.8 over a random model: not the greedy path
@@ -171,21 +180,26 @@ def test_seeded_sampling_repeats_and_differs_from_greedy(generated):
 
 
 def test_stop_id_ends_generation_without_the_stop_id(generated):
-    refs, results = generated
+    refs, results, _ = generated
     tokens, reason, stop_id, stop_at = results[0]["stopped"]
     cut = refs[0].index(stop_at)
     assert tokens == refs[0][:cut] and reason == "stop" and stop_id == stop_at
 
 
 def test_chunks_built_with_sequence_parallelism_generate_the_same_and_keep_it(generated):
-    refs, results = generated
+    refs, results, _ = generated
     for result in results:
         assert result["sequence_parallel"] == refs and result["sequence_parallel_restored"]
 
 
 def test_model_parallel_server_answers_over_http(generated):
     """TP=2: rank 0 serves, rank 1 follows the broadcast requests; the answer is the greedy continuation."""
-    refs, results = generated
+    refs, results, _ = generated
     served = results[0]["served"]
     assert served["choices"][0]["text"] == " ".join(map(str, refs[0]))
     assert served["usage"]["completion_tokens"] == NEW and served["usage"]["prompt_tokens"] == len(PROMPTS[0])
+
+
+def test_yarn_model_at_tp2_equals_transformers(generated):
+    _, results, yarn_refs = generated
+    assert all(result["yarn"] == yarn_refs for result in results)
