@@ -30,7 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("megatron_qwen.cli.convert", "Hugging Face <-> Megatron checkpoints: import-hf, export-hf, verify"),
     "plan": ("megatron_qwen.cli.plan", "memory plan of a TP/PP/CP layout, or search the layouts that fit"),
     "needle": ("megatron_qwen.cli.needle", "Needle-in-the-Code long-context evaluation of a checkpoint"),
-    "evaluate": ("megatron_qwen.codebench.cli", "score a completions file by execution (HumanEval, MBPP, MultiPL-E, FIM)"),
+    "evaluate": ("megatron_qwen.cli.evaluate", "code benchmarks: a model (--checkpoint/--hf) or a completions file (--samples)"),
+    "serve": ("megatron_qwen.cli.serve", "OpenAI-compatible completions server (/v1/completions, /v1/chat/completions)"),
     "synth": ("megatron_qwen.synth.cli", "synthesize verified SFT records and DPO pairs from code via an OpenAI-compatible server"),
     "sandbox": ("megatron_qwen.sandbox.cli", "run one program in the execution sandbox, print its result as JSON"),
 }

@@ -109,7 +109,8 @@ class LocalCoreAttention(MegatronModule):
         cp_size, cp_rank, group = self._cp()
         total = sq * cp_size
         q_pos = cp_token_index(total, cp_rank, cp_size, cu_seqlens).to(query.device)
-        if cp_size == 1 and key.shape[0] != sq:  # queries are the last sq of sk positions (a KV cache)
+        cached = cp_size == 1 and key.shape[0] != sq
+        if cached:  # queries are the last sq of sk positions (a KV cache)
             total = key.shape[0]
             q_pos = q_pos + (total - sq)
         if cp_size > 1:
@@ -118,6 +119,11 @@ class LocalCoreAttention(MegatronModule):
 
         repeat = heads // key.shape[2]
         q = query.permute(1, 2, 0, 3)  # [b, h, sq, d]
+        if cached and not self.training:  # generation: let SDPA share each K/V group instead of copying the cache
+            k, v = key.permute(1, 2, 0, 3), value.permute(1, 2, 0, 3)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.softmax_scale,
+                                                 enable_gqa=repeat > 1)
+            return out.permute(2, 0, 1, 3).reshape(sq, b, heads * dim)
         k = key.permute(1, 2, 0, 3).repeat_interleave(repeat, dim=1)
         v = value.permute(1, 2, 0, 3).repeat_interleave(repeat, dim=1)
         dropout = self.dropout_p if self.training else 0.0

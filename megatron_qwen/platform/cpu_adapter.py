@@ -262,3 +262,20 @@ def install() -> None:
 
 def installed() -> bool:
     return _installed
+
+
+@contextlib.contextmanager
+def suspended():
+    """Run a block without the device-mapping `TorchFunctionMode` (the other stand-ins stay).
+
+    For hot loops that create no tensor on a "cuda" device: every torch call inside a Python function mode
+    pays a Python round trip, which in token-by-token generation is a large share of the time. Only this
+    thread's mode stack changes; outside a CPU process (or before `install()`) this does nothing.
+    """
+    from torch.overrides import _get_current_function_mode_stack, _pop_mode_temporarily
+
+    if not _installed or not any(isinstance(m, _CudaToCpu) for m in _get_current_function_mode_stack()):
+        yield
+        return
+    with _pop_mode_temporarily():
+        yield
