@@ -210,6 +210,19 @@ class CheckpointConfig:
 
 
 @dataclass
+class BenchConfig:
+    """Code benchmarks run on the current weights inside training, by generation and execution, logged as
+    `eval/<benchmark>/<metric>` (metrics.jsonl, W&B) with a plot beside metrics.jsonl. See docs/generation.md."""
+
+    benchmarks: list[str] = field(default_factory=list)  # e.g. [humaneval, humaneval-sl]; empty: none
+    interval: int = 0  # every N steps, and at the end of the stage (0: only at the end)
+    limit: int | None = 16  # the first N tasks of each benchmark (None: all)
+    max_tokens: int = 128  # new tokens per completion (greedy; pass@1)
+    tokenizer: str | None = None  # the tokenizer directory the prompts are encoded with (required)
+    workers: int = 2  # concurrent sandboxes scoring the completions
+
+
+@dataclass
 class LoggingConfig:
     """Console metrics and, when a project is set, Weights & Biases (rank: last pipeline stage, first)."""
 
@@ -373,6 +386,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     post: PostTrainConfig = field(default_factory=PostTrainConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)

@@ -35,12 +35,13 @@ def _hydra_main(dcfg: DictConfig) -> None:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         sys.exit(2)
+    from megatron_qwen.cli.bench import make_benchmarks
     from megatron_qwen.convert.importer import import_in_group
     from megatron_qwen.platform import destroy_distributed
     from megatron_qwen.training.trainer import run
 
     resolved = OmegaConf.to_container(dcfg, resolve=True)
-    run(cfg, resolved, OmegaConf.to_yaml(resolved), import_hf=import_in_group)
+    run(cfg, resolved, OmegaConf.to_yaml(resolved), import_hf=import_in_group, benchmarks=make_benchmarks(cfg))
     destroy_distributed()
 
 

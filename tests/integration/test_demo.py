@@ -26,6 +26,13 @@ def test_demo_runs_the_recipe_and_the_loss_falls(tmp_path):
         rows = [json.loads(x) for x in (stage_dir / "checkpoints" / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in rows if "loss" in r]
         assert losses[-1] < losses[0] - drop, f"{stage}: loss did not fall by {drop}: {losses}"
+    for stage in ("file_pretrain", "sft_coarse"):  # code benchmarks inside training (bench.* in their configs)
+        ck = out / "runs" / stage / "train" / "checkpoints"
+        rows = [json.loads(x) for x in (ck / "metrics.jsonl").read_text().splitlines()]
+        scored = [r["step"] for r in rows if "eval/humaneval/pass@1" in r and "eval/humaneval-sl/exact_match" in r]
+        assert scored and scored[-1] == rows[-1]["step"], f"{stage}: no benchmark at the end: {scored}"
+        assert (ck / "eval_metrics.png").is_file()
+        assert (ck / "benchmarks" / f"iter_{scored[-1]:07d}" / "humaneval" / "completions.jsonl").is_file()
     dpo = [json.loads(x) for x in (out / "runs/dpo/train/checkpoints/metrics.jsonl").read_text().splitlines()]
     accuracy = [r["rewards/accuracy"] for r in dpo if "rewards/accuracy" in r]
     assert accuracy[-1] >= 0.8, f"DPO reward accuracy stayed low: {accuracy}"
