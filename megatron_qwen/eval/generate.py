@@ -47,18 +47,18 @@ class Generator:
         self.data_parallel = data_parallel
 
     def _shared(self, items: Sequence, work) -> list:
-        """work(this replica's items) -> their results; with data_parallel, the items are split over the
-        data-parallel replicas and every rank gets all results, in the order of `items`."""
+        """work(this replica's items, replica index) -> their results; with data_parallel, the items are split
+        over the data-parallel replicas and every rank gets all results, in the order of `items`."""
         import torch.distributed as dist
         from megatron.core import parallel_state
 
         if not self.data_parallel or not dist.is_initialized():
-            return work(list(items))
+            return work(list(items), 0)
         group = parallel_state.get_data_parallel_group()
         dp, rank = dist.get_world_size(group), dist.get_rank(group)
         if dp == 1:
-            return work(list(items))
-        mine = work(list(items[rank::dp]))
+            return work(list(items), 0)
+        mine = work(list(items[rank::dp]), rank)
         parts: list = [None] * dp
         dist.all_gather_object(parts, mine, group=group)
         out = [None] * len(items)
@@ -73,7 +73,7 @@ class Generator:
 
     def nll(self, sequences: Sequence[Sequence[int]]) -> list[tuple[float, int]]:
         """Collective: (summed negative log-likelihood, predicted tokens) per id sequence, in batches."""
-        def work(seqs):
+        def work(seqs, replica):
             out: list[tuple[float, int]] = []
             for b in range(0, len(seqs), self.batch_size):
                 out += self.decoder.sequence_nll(seqs[b : b + self.batch_size])
@@ -89,9 +89,10 @@ class Generator:
         """Collective: one Generation per prompt, in order."""
         params = params or SamplingParams()
         ids = [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
-        return self._shared(ids, lambda mine: self._generate(mine, params, progress))
+        return self._shared(ids, lambda mine, replica: self._generate(mine, params, progress, replica))
 
-    def _generate(self, ids: list[list[int]], params: SamplingParams, progress: bool) -> list[Generation]:
+    def _generate(self, ids: list[list[int]], params: SamplingParams, progress: bool, replica: int = 0
+                  ) -> list[Generation]:
         from tqdm import tqdm
 
         decode = self.decode if self.tokenizer is not None else None
@@ -100,12 +101,13 @@ class Generator:
         bar = tqdm(total=len(ids), desc="generate", unit="prompt", disable=not progress)
         for b in range(0, len(order), self.batch_size):
             part = order[b : b + self.batch_size]
-            # A seeded request: batch k draws from seed + its offset, so batches do not repeat each other's draws.
+            # A seeded request: each batch (and data-parallel replica) draws from its own seed, derived from the
+            # request's, so batches do not repeat each other's draws (n samples of a prompt stay different).
             batch_params = params
-            if params.seed is not None and b:
+            if params.seed is not None and (b or replica):
                 from dataclasses import replace
 
-                batch_params = replace(params, seed=params.seed + b)
+                batch_params = replace(params, seed=params.seed + b + 1_000_003 * replica)
             for i, g in zip(part, self.decoder.generate_ids([ids[i] for i in part], batch_params, decode)):
                 out[i] = g
             bar.update(len(part))

@@ -106,6 +106,8 @@ def generate_all_layouts(ckpt: str, yarn_ckpt: str) -> dict:
         if layout == "tp1":  # two data-parallel replicas: each generates half the prompts, all ranks get all
             shared = Generator(loaded.chunks, vocab_size=loaded.vocab_size, batch_size=2, data_parallel=True)
             out["data_parallel"] = [g.tokens for g in shared.generate(PROMPTS, SamplingParams(max_tokens=NEW))]
+            sampled = SamplingParams(max_tokens=NEW, temperature=1.0, seed=3)  # one prompt twice, one per replica
+            out["data_parallel_samples"] = [g.tokens for g in shared.generate([PROMPTS[0]] * 2, sampled)]
         if layout == "tp2":
             sampled = SamplingParams(max_tokens=NEW, temperature=0.8, top_p=0.9, seed=7)
             out["sampled"] = [[g.tokens for g in gen.generate(PROMPTS[:2], sampled)] for _ in range(2)]
@@ -169,6 +171,8 @@ def test_right_padded_batches_give_the_same_tokens(generated, layout):
 def test_data_parallel_replicas_share_the_prompts(generated):
     refs, results, _ = generated
     assert all(result["data_parallel"] == refs for result in results)
+    first, second = results[0]["data_parallel_samples"]
+    assert first != second and results[1]["data_parallel_samples"] == [first, second]  # replicas draw differently
 
 
 def test_seeded_sampling_repeats_and_differs_from_greedy(generated):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -100,23 +99,24 @@ def test_single_line_infilling_greedy_equals_generator(tiny, bench_sandbox_avail
     assert results["n_tasks"] == 3 and "exact_match" in results
 
 
-def test_perplexity_and_fim_exact_match_on_an_indexed_split(tiny):
+def test_perplexity_and_fim_exact_match_on_a_preprocessed_split(tiny):
+    """The split comes from `megatron-qwen preprocess --mode file --fim-rate 1` (every document PSM or SPM)."""
     from transformers import AutoModelForCausalLM
 
-    from megatron_qwen.data.indexed import IndexedWriter
+    from megatron_qwen.cli import main as cli
+    from megatron_qwen.data.indexed import read_documents
 
     root, tok = tiny
-    ids = lambda s: tok.encode_raw(s)  # noqa: E731
-    fp, fs, fm = (tok.token_id(t) for t in ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"))
-    docs = [ids("def add(a, b):\n    return a + b\n") + [tok.eod],
-            [fp] + ids("def f(x):\n") + [fs] + ids("\n    return y\n") + [fm] + ids("    y = x") + [tok.eod],
-            [fp] + ids("import json\n") + [fs] + ids("") + [fm] + ids("json.dumps(1)") + [tok.eod]]
+    texts = ["def add(a, b):\n    return a + b\n", "import json\n\nprint(json.dumps({'a': 1}))\n",
+             "class Point:\n    def __init__(self, x):\n        self.x = x\n"]
+    (root / "code.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    assert cli(["preprocess", "--mode", "file", "--input", str(root / "code.jsonl"), "--output-prefix",
+                str(root / "split"), "--tokenizer", str(root / "hf"), "--fim-rate", "1.0", "--workers", "1"]) == 0
     prefix = root / "split_text_document"
-    writer = IndexedWriter(prefix, np.int32)
-    for d in docs:
-        writer.add_document(np.asarray(d, dtype=np.int32))
-    writer.finish()
-    writer.commit()
+    docs = [d.tolist() for d in read_documents(prefix)]
+    middle = tok.token_id("<|fim_middle|>")
+    assert len(docs) == 3 and all(middle in d for d in docs)
+
     out = root / "ppl"
     assert _evaluate(["--checkpoint", str(root / "ckpt"), "--tokenizer", str(root / "hf"), "--benchmark", "perplexity",
                       "--data", str(prefix), "--output", str(out)]) == 0
@@ -136,8 +136,11 @@ def test_perplexity_and_fim_exact_match_on_an_indexed_split(tiny):
                       "--data", str(prefix), "--output", str(out)]) == 0
     got = json.loads((out / "results.json").read_text())
     records = _rows(out / "samples.jsonl")
-    assert got["n_tasks"] == 2 and [r["reference"] for r in records] == ["    y = x", "json.dumps(1)"]
-    assert got["exact_match"] == sum(r["completion"] == r["reference"] for r in records) / 2
+    # The reference of each document: what follows <|fim_middle|>, up to <|endoftext|>.
+    want = [tok.decode(d[d.index(middle) + 1 : d.index(tok.eod, d.index(middle))]) for d in docs]
+    assert got["n_tasks"] == 3 and [r["reference"] for r in records] == want
+    assert all(r["prompt"].endswith("<|fim_middle|>") for r in records)
+    assert got["exact_match"] == sum(r["completion"] == r["reference"] for r in records) / 3
 
 
 def test_bad_input_is_one_line_exit_2(tiny, capsys):

@@ -14,8 +14,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -28,9 +30,12 @@ PROMPTS = ["def add(a, b):\n    return", "import json\n\nclass Decoder:"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, small_tokenizer_dir):
     hf = make_tiny_hf(tmp_path_factory.mktemp("serve") / "hf", small_tokenizer_dir, seed=1)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    repo = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-m", "megatron_qwen", "serve", "--hf", str(hf), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    watchdog = threading.Timer(300, proc.kill)  # a server that never says it listens must not hang the suite
+    watchdog.start()
     url, seen = None, []
     for line in proc.stdout:  # the "serving ... on http://HOST:PORT/v1" line comes once the port listens
         seen.append(line)
@@ -38,6 +43,7 @@ def server(tmp_path_factory, small_tokenizer_dir):
         if found:
             url = found.group(1)
             break
+    watchdog.cancel()
     if url is None:
         proc.wait(timeout=30)
         pytest.fail("server did not start:\n" + "".join(seen[-30:]))
