@@ -5,7 +5,8 @@ greedy, executed in the sandbox) at steps 2 and 4. Checked: the `eval/<benchmark
 metrics.jsonl and the plot beside it; the prompts and completions saved per step; and that the completions
 generated inside training at step 4 are exactly what `megatron-qwen evaluate` generates offline from the
 checkpoint saved at step 4 (one process), with the same scores — the in-training loop evaluates the weights
-being trained, under the training layout. The scores themselves are near zero (a toy model).
+being trained, under the training layout — and that the run's losses equal those of a run without
+benchmarks. The scores themselves are near zero (a toy model).
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def test_benchmarks_inside_training_equal_an_offline_evaluation(tmp_path, small_
     theirs = json.loads((offline / "results.json").read_text())
     assert ours["pass_at_k"] == theirs["pass_at_k"] and ours["status_counts"] == theirs["status_counts"]
     assert scored[4]["eval/humaneval/pass@1"] == ours["pass_at_k"]["pass@1"]
+    # generation left training as it was: a run without benchmarks has the same losses, bit for bit
+    plain = tmp_path / "plain"
+    train(2, tiny(plain, "parallel=tp2", *STEPS, *TINY_HF, f"checkpoint.init_path={hf}"), tmp_path)
+    assert {s: r["loss"] for s, r in metrics(plain / "metrics.jsonl").items()} == {
+        s: r["loss"] for s, r in metrics(ck / "metrics.jsonl").items()}
     # step 2's completions came from other weights (two more steps were trained since): the comparison above
     # tells the weights of step 4 from older ones
     assert _completions(ck / "benchmarks" / "iter_0000002" / "humaneval" / "completions.jsonl") != _completions(
