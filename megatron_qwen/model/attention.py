@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
+from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+from megatron.core.transformer.attention import SelfAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -163,3 +165,29 @@ class LocalCoreAttention(MegatronModule):
             doc = document_ids(cu_seqlens, total).to(device)
             allowed &= doc[None, :] == doc[q_pos][:, None]
         return allowed
+
+
+class SelfAttentionCachedRope(SelfAttention):
+    """megatron-core's `SelfAttention` whose static KV cache holds keys with RoPE already applied.
+
+    With megatron's static-batching KV cache (generation, `model/generation.py`) megatron stores un-rotated
+    keys and rotates the whole cached prefix again at every decode step (only its GPU flash-decode path
+    rotates before caching), so each step's work grew with the prefix. Here each new key is rotated once, at
+    its own positions, before it is stored, and the cached prefix is used as it is: the same elementwise
+    rotation of the same key at the same position, so the numbers are unchanged. Training and evaluation
+    without an inference context take megatron's path untouched.
+    """
+
+    def _adjust_key_value_for_inference(self, inference_context, query, key, value, rotary_pos_emb, *args, **kwargs):
+        rotate = (inference_context is not None and inference_context.is_static_batching()
+                  and rotary_pos_emb is not None and rotary_pos_emb[1] is not None and not self.config.flash_decode)
+        if rotate:
+            start = inference_context.sequence_len_offset
+            key = apply_rotary_pos_emb(key, rotary_pos_emb[1][start:start + key.size(0)], config=self.config,
+                                       mscale=self._yarn_concentration_factor, cp_group=self.pg_collection.cp)
+        out = super()._adjust_key_value_for_inference(inference_context, query, key, value, rotary_pos_emb, *args,
+                                                      **kwargs)
+        if rotate:  # the cached keys are rotated: only the queries still need RoPE
+            query, key, value, (q_pos_emb, _), mask_type, block_table = out
+            out = (query, key, value, (q_pos_emb, None), mask_type, block_table)
+        return out
