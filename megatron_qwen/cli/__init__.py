@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-ast-fim": ("megatron_qwen.data.preprocess.ast_fim_mix", "AST-FIM conversations from code, mixed into SFT data"),
     "train-tokenizer": ("megatron_qwen.cli.train_tokenizer", "train a small Qwen2-shaped BPE tokenizer (demo, tests)"),
     "blend-shares": ("megatron_qwen.training.datasets.blend", "the token shares a run would sample from a blend"),
-    "convert": ("megatron_qwen.cli.convert", "Hugging Face <-> Megatron checkpoints: import-hf, export-hf, verify"),
+    "convert": ("megatron_qwen.cli.convert", "Hugging Face <-> Megatron checkpoints: import-hf, export-hf, export-lora, verify"),
     "plan": ("megatron_qwen.cli.plan", "memory plan of a TP/PP/CP layout, or search the layouts that fit"),
     "needle": ("megatron_qwen.cli.needle", "Needle-in-the-Code long-context evaluation of a checkpoint"),
     "evaluate": ("megatron_qwen.cli.evaluate", "code benchmarks: a model (--checkpoint/--hf) or a completions file (--samples)"),
