@@ -140,7 +140,13 @@ def render_sbatch(cluster: ClusterConfig, job: JobSpec, header: Sequence[str] = 
         lines.append("# Kept identical across requeues: the W&B run continues instead of starting anew.")
         lines += [f"export {k}={_q(v)}" for k, v in job.env.items()]
         lines.append("")
-    lines += [
+    lines += _run_srun(c, job) + _requeue_decision()
+    return "\n".join(lines)
+
+
+def _run_srun(cluster: ClusterConfig, job: JobSpec) -> list[str]:
+    """srun in the background, USR1 forwarded to it, and the wait for it to end (its status in RC)."""
+    return [
         "# USR1 arrives before the time limit (--signal=B:USR1@lead) or on preemption: pass it to srun,",
         "# which forwards it to every task; the trainer saves a checkpoint and exits.",
         "SIGNALLED=0",
@@ -154,7 +160,7 @@ def render_sbatch(cluster: ClusterConfig, job: JobSpec, header: Sequence[str] = 
         "",
         "# srun starts one task per GPU; each derives its rank, world size, local rank and the rendezvous",
         "# host from SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and SLURM_JOB_NODELIST.",
-        _wrap(srun_command(c, job)) + " &",
+        _wrap(srun_command(cluster, job)) + " &",
         "SRUN_PID=$!",
         'if [ "$SIGNALLED" = 1 ]; then kill -USR1 "$SRUN_PID" 2>/dev/null || true; fi',
         "# A trapped signal interrupts `wait`; keep waiting until srun has really exited.",
@@ -164,6 +170,12 @@ def render_sbatch(cluster: ClusterConfig, job: JobSpec, header: Sequence[str] = 
         '  kill -0 "$SRUN_PID" 2>/dev/null || break',
         "done",
         "",
+    ]
+
+
+def _requeue_decision() -> list[str]:
+    """After srun: finished, or requeue (a preemption or a crash within its budget), or fail."""
+    return [
         f'if [ -e "${FINISHED_ENV}" ]; then',
         '  log "stage finished"',
         "  exit 0",
@@ -192,7 +204,6 @@ def render_sbatch(cluster: ClusterConfig, job: JobSpec, header: Sequence[str] = 
         "exit 0",
         "",
     ]
-    return "\n".join(lines)
 
 
 def sbatch_submit_command(script: Path, after: str | None = None) -> list[str]:
