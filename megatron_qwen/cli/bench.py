@@ -12,7 +12,6 @@ same `{"eval/<benchmark>/<metric>": value}`. Prompts, completions and scored rec
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,9 +32,8 @@ def make_benchmarks(cfg: Config) -> Callable[[list, int], dict[str, float]] | No
         import torch.distributed as dist
 
         from megatron_qwen.codebench import model_eval
-        from megatron_qwen.codebench.cli import evaluate
+        from megatron_qwen.codebench.cli import score_file
         from megatron_qwen.codebench.report import write_results
-        from megatron_qwen.codebench.score import BENCH_LIMITS
         from megatron_qwen.eval.generate import Generator
 
         generator = Generator(chunks, tokenizer, vocab_size=tokenizer.vocab_size, data_parallel=True)
@@ -50,10 +48,7 @@ def make_benchmarks(cfg: Config) -> Callable[[list, int], dict[str, float]] | No
                                          limit=b.limit, write=lead)
             summary = [None]
             if lead:
-                args = argparse.Namespace(samples=str(completions), benchmark=name, problems=None, k="1",
-                                          workers=b.workers, timeout=BENCH_LIMITS.timeout_s, isolation="bwrap",
-                                          progress=False)
-                summary[0], records = evaluate(args)
+                summary[0], records = score_file(completions, name, workers=b.workers)
                 write_results(out, summary[0], records)
             dist.broadcast_object_list(summary, src=0)
             metrics.update({f"eval/{name}/{key}": value for key, value in headline(summary[0]).items()})

@@ -80,7 +80,7 @@ def run_model(a: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from megatron_qwen.codebench import model_eval
-    from megatron_qwen.codebench.cli import evaluate
+    from megatron_qwen.codebench.cli import score_file
     from megatron_qwen.codebench.report import format_table, write_results
     from megatron_qwen.config import ParallelConfig
     from megatron_qwen.eval.generate import Generator, ensure_distributed, load_model, load_tokenizer_for
@@ -115,9 +115,8 @@ def run_model(a: argparse.Namespace) -> int:
                                  limit=a.limit, progress=a.progress and lead, write=lead)
     if not lead:
         return 0
-    score_args = argparse.Namespace(samples=str(completions), benchmark=a.benchmark, problems=a.problems, k=a.k,
-                                    workers=a.workers, timeout=a.timeout, isolation=a.isolation, progress=a.progress)
-    summary, records = evaluate(score_args)
+    summary, records = score_file(completions, a.benchmark, a.problems, a.k, a.workers, a.timeout, a.isolation,
+                                  a.progress)
     summary.update(model=loaded.source, n_samples_per_task=a.n_samples, temperature=a.temperature, top_p=a.top_p,
                    max_tokens=a.max_tokens, seed=a.seed, limit=a.limit)
     write_results(out, summary, records)

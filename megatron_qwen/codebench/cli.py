@@ -87,6 +87,14 @@ def evaluate(args: argparse.Namespace) -> tuple[dict[str, object], list[dict[str
     return summary, [r.to_json() for r in records]
 
 
+def score_file(samples: str | Path, benchmark: str, problems: str | None = None, k: str = "1",
+               workers: int | None = None, timeout: float = BENCH_LIMITS.timeout_s, isolation: str = "bwrap",
+               progress: bool = False) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """`evaluate --samples` as a function: score a completions file written by a model run."""
+    return evaluate(argparse.Namespace(samples=str(samples), benchmark=benchmark, problems=problems, k=k,
+                                       workers=workers, timeout=timeout, isolation=isolation, progress=progress))
+
+
 def _evaluate_repo(args: argparse.Namespace) -> tuple[dict[str, object], list[dict[str, object]]]:
     """CrossCodeEval: exact match and edit similarity, no execution."""
     if args.problems is None:
