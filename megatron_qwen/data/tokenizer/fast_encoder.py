@@ -6,7 +6,8 @@ token ids) two Rust BPEs give the same tokens many times faster than `tokenizers
 first, `gigatoken_encoder.py`) and tiktoken (this file). "Shaped like" is checked structurally, then each
 candidate is compared with the Hugging Face encoder on a probe set of awkward strings (one by one and as
 one batch); a candidate that differs is dropped with one warning, and the next one is tried, down to
-Hugging Face itself. Candidates get the spec with its added tokens removed, so literal control-token
+Hugging Face itself. The Hugging Face answers to the probes are recorded per tokenizer (probe_record.py),
+so later starts run the candidate on every probe without building the reference. Candidates get the spec with its added tokens removed, so literal control-token
 text stays text (a probe checks that too).
 
 Every encoder offers `encode(text)`, `encode_batch(texts)` (a list of int32 arrays) and
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from megatron_qwen.data.formats.text import no_surrogates as _no_surrogates
+from megatron_qwen.data.tokenizer import probe_record
 from megatron_qwen.data.tokenizer.arrays import flatten
 from megatron_qwen.data.tokenizer.files import QWEN2_PATTERN, TokenizerFiles
 
@@ -223,32 +225,44 @@ def build_gigatoken_encoder(files: TokenizerFiles):
 CANDIDATES = (build_gigatoken_encoder, build_tiktoken_encoder)
 
 
-def first_mismatch(fast, reference, probes: Sequence[str] = PROBES) -> str | None:
-    """The first probe on which the two encoders disagree (one by one, or in one batch), or None."""
-    for text in probes:
-        if not np.array_equal(fast.encode(text), reference.encode(text)):
+def first_mismatch(fast, expected: Sequence[np.ndarray], probes: Sequence[str] = PROBES) -> str | None:
+    """The first probe whose ids from `fast` (one by one, or in one batch) differ from `expected`, or None."""
+    for text, ids in zip(probes, expected, strict=True):
+        if not np.array_equal(fast.encode(text), ids):
             return text
     tokens, offsets = fast.encode_flat(probes)
-    for k, text in enumerate(probes):
-        if not np.array_equal(tokens[offsets[k]:offsets[k + 1]], reference.encode(text)):
+    for k, (text, ids) in enumerate(zip(probes, expected, strict=True)):
+        if not np.array_equal(tokens[offsets[k]:offsets[k + 1]], ids):
             return text
     return None
 
 
-def choose_encoder(files: TokenizerFiles, reference, candidates=CANDIDATES):
-    """The first candidate proven equal to `reference` on the probes (plus every control token's text, which
-    must stay text), else `reference` itself; one warning naming every candidate that was built but differs."""
+def choose_encoder(files: TokenizerFiles, reference, candidates=CANDIDATES, record: bool = False):
+    """The first candidate proven equal to the exact encoder on the probes (plus every control token's text,
+    which must stay text), else the exact encoder itself; one warning naming every candidate that was built
+    but differs.
+
+    `reference` is the exact encoder, or a function that builds it: then it is built only when needed, as
+    the fallback or to answer the probes when `record` finds no recorded answers (probe_record.py; with
+    `record`, answers computed here are recorded for later runs)."""
+    exact = reference if callable(reference) else lambda: reference
     probes = (*PROBES, " ".join(files.added) + "\n" + "".join(files.added))
-    chosen, failed = reference, []
+    expected = probe_record.load(files.spec_json(), probes) if record else None
+    chosen, failed = None, []
     for build in candidates:
         fast = build(files)
         if fast is None:
             continue
-        bad = first_mismatch(fast, reference, probes)
+        if expected is None:
+            expected = [exact().encode(text) for text in probes]
+            if record:
+                probe_record.save(files.spec_json(), probes, expected)
+        bad = first_mismatch(fast, expected, probes)
         if bad is None:
             chosen = fast
             break
         failed.append(f"{fast.name} on {bad[:80]!r}")
+    chosen = chosen or exact()
     if failed:
         warnings.warn(f"fast encoding differs from the Hugging Face tokenizer {files.path} ({'; '.join(failed)}); "
                       f"using {chosen.name} (exact)", stacklevel=2)

@@ -81,10 +81,14 @@ class QwenTokenizer:
         self.files = files
         self._added = dict(files.added)
         self.vocab_size = files.vocab_size
-        self._hf_raw = _HFRawEncoder(files)
-        self._encoder = choose_encoder(files, self._hf_raw) if fast else self._hf_raw
+        self._encoder = choose_encoder(files, lambda: self._hf_raw, record=True) if fast else self._hf_raw
         self.eod = self.token_id(EOD_TOKEN)
         self.line_start_is_boundary = line_start_is_boundary(files.spec)
+
+    @functools.cached_property
+    def _hf_raw(self) -> _HFRawEncoder:
+        """The exact raw-text encoder (the fast path's fallback and reference), built on first use."""
+        return _HFRawEncoder(self.files)
 
     @functools.cached_property
     def hf(self):
@@ -128,7 +132,7 @@ class QwenTokenizer:
     @functools.cached_property
     def token_nbytes(self) -> np.ndarray | None:
         """UTF-8 bytes of text each ordinary id stands for (fast paths only; None on the HF path)."""
-        return None if self._encoder is self._hf_raw else token_nbytes(self.files.spec)
+        return None if self._encoder.name == "hf" else token_nbytes(self.files.spec)
 
     @property
     def encoder_name(self) -> str:
@@ -167,8 +171,9 @@ _LOADED: dict[tuple[str, bool], QwenTokenizer] = {}
 def load_tokenizer(path: str | Path, *, fast: bool = True, require: Iterable[str] = (EOD_TOKEN,)) -> QwenTokenizer:
     """Load a Hugging Face tokenizer directory offline and check the control tokens `require` names.
 
-    Loading takes about a second (building the BPE twice: the reference and the fast encoder), so a
-    process keeps one instance per (directory, fast) and returns it again.
+    Loading takes about a second the first time (the fast encoder, and the Hugging Face reference that answers
+    the exactness probes; later runs read its answers from probe_record.py's cache and build it only on use),
+    so a process keeps one instance per (directory, fast) and returns it again.
     """
     path = Path(path)
     key = (str(path.resolve()), fast)

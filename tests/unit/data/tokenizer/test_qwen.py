@@ -163,3 +163,29 @@ def test_qwen2_directory_reads_like_transformers(qwen):
         if "<|" not in text:
             assert qwen._hf_raw.encode(text).tolist() == expected
         assert qwen.decode(expected) == qwen.hf.decode(expected, skip_special_tokens=False)
+
+
+def test_probe_answers_are_recorded_and_a_later_choice_checks_against_them(qwen, tmp_path, monkeypatch, recwarn):
+    """The first choice builds the reference and records its answers; the next one builds no reference and
+    still runs the candidate on every probe: tampered answers make it fall back (so the record is what it
+    is checked against), an unreadable record counts as absent."""
+    monkeypatch.setenv("MEGATRON_QWEN_CACHE_DIR", str(tmp_path))
+    built = []
+
+    def reference():
+        built.append(1)
+        return qwen._hf_raw
+
+    assert choose_encoder(qwen.files, reference, record=True).name == "gigatoken" and built
+    (record,) = (tmp_path / "probes").glob("*.json")
+    built.clear()
+    assert choose_encoder(qwen.files, reference, record=True).name == "gigatoken" and not built
+    answers = json.loads(record.read_text())
+    answers["ids"][3] = [a + 1 for a in answers["ids"][3]]
+    record.write_text(json.dumps(answers))
+    assert choose_encoder(qwen.files, reference, record=True).name == "hf" and built
+    assert len(recwarn) == 1 and "gigatoken on" in str(recwarn[0].message)
+    record.write_text("{not json")
+    built.clear()
+    assert choose_encoder(qwen.files, reference, record=True).name == "gigatoken" and built
+    assert json.loads(record.read_text())["ids"][3] == [int(i) for i in qwen._hf_raw.encode(PROBES[3])]
