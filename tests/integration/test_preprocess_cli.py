@@ -59,14 +59,19 @@ def test_cli_rejects_bad_flags_with_clear_errors(tmp_path):
 
 
 def test_preprocessing_imports_neither_torch_nor_transformers(qwen_tokenizer_dir, tmp_path):
-    """The start-up budget: no torch, no transformers on the preprocessing path (gigatoken is proven exact)."""
-    jsonl = tmp_path / "in.jsonl"
+    """The start-up budget: no torch, no transformers on the preprocessing path (gigatoken is proven exact),
+    also for SFT (the system prompt 'auto' renders the chat template without transformers)."""
+    jsonl, chats = tmp_path / "in.jsonl", tmp_path / "chat.jsonl"
     jsonl.write_text(json.dumps({"text": "def f(x):\n    return '<|endoftext|>' + x\n"}) + "\n{broken\n")
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "hello"}]}) + "\n")
     code = (
         "import sys, json\n"
         "from megatron_qwen.data.preprocess.cli import main\n"
         f"main(['--mode', 'file', '--input', {str(jsonl)!r}, '--output-prefix', {str(tmp_path / 'o')!r}, "
         f"'--tokenizer', {str(qwen_tokenizer_dir)!r}, '--workers', '2', '--fim-rate', '0', '--no-progress'])\n"
+        f"main(['--mode', 'sft', '--input', {str(chats)!r}, '--output-prefix', {str(tmp_path / 's')!r}, "
+        f"'--tokenizer', {str(qwen_tokenizer_dir)!r}, '--no-progress'])\n"  # the chat template, rendered
         "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'nltk') if m in sys.modules)))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -75,3 +80,4 @@ def test_preprocessing_imports_neither_torch_nor_transformers(qwen_tokenizer_dir
     report = json.loads((tmp_path / "o_report.json").read_text())
     assert report["encoder"] == "gigatoken" and report["skipped"]["by_reason"] == {"malformed JSON": 1}
     assert max(read_documents(tmp_path / "o_text_document")[0][:-1]) < 151643  # literal control text stayed text
+    assert json.loads((tmp_path / "s_report.json").read_text())["documents"] == 1

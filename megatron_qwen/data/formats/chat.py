@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_qwen.data.formats.chat_template import ChatTemplateError, render_chat_template
 from megatron_qwen.data.tokenizer.qwen import IM_END, IM_START
 
 ROLES = ("system", "user", "assistant")
@@ -95,9 +96,12 @@ def normalize_messages(messages, field: str = "messages") -> list[dict]:
 
 
 @functools.lru_cache(maxsize=8)
-def _default_system_of(template: str, hf_tokenizer) -> str | None:
-    text = hf_tokenizer.apply_chat_template([{"role": "user", "content": _PROBE}], chat_template=template,
-                                            tokenize=False)
+def template_default_system(template: str | None, special_tokens: tuple[tuple[str, str], ...] = ()) -> str | None:
+    """The system message a chat template inserts into a conversation without one (None: none); the
+    template is rendered as transformers renders it (chat_template.py), without importing transformers."""
+    if not template:
+        return None
+    text = render_chat_template(template, [{"role": "user", "content": _PROBE}], dict(special_tokens))
     user_turn = f"{IM_START}user\n{_PROBE}{IM_END}\n"
     if text == user_turn:
         return None
@@ -109,17 +113,15 @@ def _default_system_of(template: str, hf_tokenizer) -> str | None:
                           "give the system prompt explicitly instead of 'auto'")
 
 
-def template_default_system(hf_tokenizer) -> str | None:
-    """The system message the tokenizer's chat template inserts into a conversation without one (None: none)."""
-    template = getattr(hf_tokenizer, "chat_template", None)
-    if not template:
-        return None
-    return _default_system_of(template, hf_tokenizer)
-
-
 def resolve_system_prompt(system_prompt: str | None, tokenizer) -> str | None:
     """`"auto"` -> what the tokenizer's template inserts; None or a string -> itself."""
-    return template_default_system(tokenizer.hf) if system_prompt == AUTO else system_prompt
+    if system_prompt != AUTO:
+        return system_prompt
+    files = tokenizer.files
+    try:
+        return template_default_system(files.chat_template, tuple(sorted(files.special_tokens.items())))
+    except ChatTemplateError as e:
+        raise ChatFormatError(f"tokenizer {files.path}: {e}; give the system prompt explicitly instead of 'auto'") from e
 
 
 def _ids(values) -> np.ndarray:

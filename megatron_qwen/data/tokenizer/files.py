@@ -7,14 +7,16 @@ for Qwen2-family directories that ship only `vocab.json` + `merges.txt`, the sam
 tokens come from `tokenizer.json` and from `tokenizer_config.json`'s `added_tokens_decoder`.
 
 Contract: `read_tokenizer_files(path) -> TokenizerFiles` with `.spec` (dict, added tokens removed),
-`.added` (content -> id) and `.vocab_size` (one past the largest id, added tokens included).
+`.added` (content -> id), `.vocab_size` (one past the largest id, added tokens included), and for chat
+templates `.chat_template` (the default template as transformers picks it: `chat_template.jinja`, else
+tokenizer_config.json's entry) and `.special_tokens` (bos/eos/... as strings, the template's variables).
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 QWEN2_PATTERN = (
@@ -30,6 +32,8 @@ class TokenizerFiles:
     spec: dict  # tokenizer.json layout, "added_tokens" emptied: raw text only
     added: dict[str, int]  # control-token content -> id
     vocab_size: int
+    chat_template: str | None = None
+    special_tokens: dict[str, str] = field(default_factory=dict)  # e.g. {"eos_token": "<|endoftext|>"}
 
     @functools.cached_property
     def _raw_json(self) -> str:  # the reference and the fast encoder are both built from it
@@ -117,4 +121,30 @@ def read_tokenizer_files(path: str | Path) -> TokenizerFiles:
     spec = {**spec, "added_tokens": []}
     vocab = (spec.get("model") or {}).get("vocab") or {}
     ids = set(vocab.values()) if isinstance(vocab, dict) else set(range(len(vocab)))
-    return TokenizerFiles(path, spec, added, len(ids | set(added.values())))
+    return TokenizerFiles(path, spec, added, len(ids | set(added.values())), _chat_template(path, config),
+                          _special_tokens(config))
+
+
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _special_tokens(config: dict) -> dict[str, str]:
+    out = {}
+    for key in SPECIAL_TOKEN_KEYS:
+        value = config.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
+def _chat_template(path: Path, config: dict) -> str | None:
+    """The default chat template: chat_template.jinja wins over tokenizer_config.json's `chat_template` (a
+    string, or a list of named templates of which "default" is used), as in transformers."""
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text(encoding="utf-8")
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None

@@ -1,5 +1,7 @@
 """ChatML rendering and the SFT loss mask, checked against the real tokenizer and its own chat template."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from megatron_qwen.data.formats.chat import (
     template_default_system,
     to_arrays,
 )
+from megatron_qwen.data.formats.chat_template import ChatTemplateError, render_chat_template
 
 IM_START, IM_END, NL = 151644, 151645, 198
 
@@ -69,15 +72,16 @@ def test_mask_covers_exactly_every_answer_and_its_im_end(tok):
 @pytest.mark.parametrize("k", range(len(CONVERSATIONS)))
 def test_same_ids_as_the_tokenizers_chat_template(tok, k):
     messages = CONVERSATIONS[k]
-    assert template_default_system(tok.hf) is None          # the fixture's template inserts no system message
+    assert template_default_system(tok.files.chat_template) is None  # the fixture's template inserts no system message
     ids, _ = encode_conversation(messages, tok)
     assert ids.tolist() == template_ids(tok, messages)
     assert render_text(normalize_messages(messages)) == tok.hf.apply_chat_template(messages, tokenize=False)
 
 
 def test_auto_system_prompt_follows_a_template_that_inserts_one(tok, monkeypatch):
-    monkeypatch.setattr(tok.hf, "chat_template", DEFAULT_SYSTEM_TEMPLATE)
-    assert template_default_system(tok.hf) == "You are a test default."
+    monkeypatch.setattr(tok.hf, "chat_template", DEFAULT_SYSTEM_TEMPLATE)  # what template_ids renders with
+    monkeypatch.setattr(tok, "files", dataclasses.replace(tok.files, chat_template=DEFAULT_SYSTEM_TEMPLATE))
+    assert template_default_system(DEFAULT_SYSTEM_TEMPLATE) == "You are a test default."
     messages = CONVERSATIONS[1]
     ids, mask = encode_conversation(messages, tok)               # system_prompt="auto"
     assert ids.tolist() == template_ids(tok, messages)
@@ -179,3 +183,33 @@ def test_score_rejection():
 def test_render_segments_marks_turns(tok):
     segs = render_segments(normalize_messages(CONVERSATIONS[0]), tok, system_prompt=None)
     assert [(s.turn, s.loss) for s in segs] == [(0, False), (1, False), (2, False), (2, True), (2, False)]
+
+
+# Exercises what transformers' environment adds: tojson (no HTML escaping, unicode kept), loop controls,
+# the special tokens as variables, whitespace control (trim_blocks/lstrip_blocks), raise_exception.
+FEATURE_TEMPLATE = """{%- for m in messages %}
+    {% if m['role'] == 'system' %}{{ '<|im_start|>system\\n' + m['content'] | tojson + '<|im_end|>\\n' }}{% continue %}{% endif %}
+    {% if m['role'] not in ['user', 'assistant'] %}{{ raise_exception('bad role ' + m['role']) }}{% endif %}
+    {{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}
+    {% if loop.index > 5 %}{% break %}{% endif %}
+{% endfor %}
+{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% else %}{{ eos_token }}{% endif %}"""
+
+
+@pytest.mark.parametrize("template", ["fixture", "default-system", "features"])
+def test_templates_render_as_transformers_renders_them(tok, template):
+    """Our jinja2 environment (no transformers import) gives apply_chat_template's text, character for character."""
+    text = {"fixture": tok.files.chat_template, "default-system": DEFAULT_SYSTEM_TEMPLATE,
+            "features": FEATURE_TEMPLATE}[template]
+    assert tok.files.chat_template == tok.hf.chat_template and tok.files.special_tokens == tok.hf.special_tokens_map
+    extra = [[{"role": "system", "content": "<b>\"quoted\" & café</b>"}, {"role": "user", "content": "x"}]]
+    for messages in CONVERSATIONS + extra:
+        for gen in (False, True):
+            ours = render_chat_template(text, messages, tok.files.special_tokens, add_generation_prompt=gen)
+            theirs = tok.hf.apply_chat_template(messages, chat_template=text, tokenize=False,
+                                                add_generation_prompt=gen)
+            assert ours == theirs
+    with pytest.raises(Exception, match="bad role tool"):
+        render_chat_template(FEATURE_TEMPLATE, [{"role": "tool", "content": "x"}])
+    with pytest.raises(ChatTemplateError, match="does not compile"):
+        render_chat_template("{% generation %}x{% endgeneration %}", [])
