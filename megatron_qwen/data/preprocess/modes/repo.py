@@ -4,7 +4,8 @@ Why it exists: stage 2 trains on whole repositories, `<|repo_name|>` header then
 files in random or dependency order, with repo-level FIM on the last file of a document at `--fim-rate`.
 A repository longer than `--max-tokens` is split at file boundaries, the header repeated in every piece;
 a single file that does not fit on its own is truncated (counted as `truncated_files`). This mode encodes
-its text itself (one batch call per repository) so that it can measure pieces exactly.
+its text itself so that it can measure pieces exactly: one batch call for the files of a repository, one
+for every other text piece of its documents (random draws made first, in document order).
 
 Input: JSONL records `{"name": ..., "files": [{"path": ..., "content": ...}, ...]}` (`repo_name` is
 accepted for `name`), or directories given with `--input-dir` (each directory is one repository; binary
@@ -17,6 +18,7 @@ import argparse
 import os
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -121,25 +123,28 @@ class _EncodedFiles:
             self.cuts = None
             self.with_newline = tok.encode_raw_batch_np([t + "\n" for t in texts])
 
-    def last(self, k: int) -> np.ndarray:
+    def last_plan(self, k: int) -> list:
+        """File k as the last file of a document (no newline after it), as a plan for `resolve`."""
         if self.clipped[k]:
-            return self.heads[k]
+            return [self.heads[k]]
         if self.cuts is None:
-            return self.tok.encode_raw_np(self.texts[k])
-        return np.concatenate([self.heads[k], self.tok.encode_raw_np(self.texts[k][self.cuts[k]:])])
+            return [self.texts[k]]
+        return [self.heads[k], self.texts[k][self.cuts[k]:]]
 
-    def fim_parts(self, k: int, start: int, i: int, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Ids of text[start:i], text[i:j], text[j:] of file k, each as if encoded on its own.
+    def fim_plan(self, k: int, start: int, i: int, j: int) -> list[list]:
+        """Plans (see `resolve`) for the ids of text[start:i], text[i:j], text[j:] of file k, each as if
+        encoded on its own.
 
         Where possible the prefix and suffix reuse the file's encoding up to / from a line start (a
-        pre-token boundary), found through the byte length of each id; the rest is encoded fresh.
+        pre-token boundary), found through the byte length of each id; the rest is text to encode. Every
+        line start lies at or before the last one, so the head's ids (text up to the last line) suffice.
         """
-        text, enc = self.texts[k], self.tok.encode_raw_np
+        text = self.texts[k]
         nbytes = self.tok.token_nbytes
         if self.cuts is None or nbytes is None or not unicodedata.is_normalized("NFC", text):
-            return enc(text[start:i]), enc(text[i:j]), enc(text[j:])
-        full = self.last(k)
-        ends = np.cumsum(nbytes[full])  # byte offset after each token
+            return [[text[start:i]], [text[i:j]], [text[j:]]]
+        head, cut = self.heads[k], self.cuts[k]
+        ends = np.cumsum(nbytes[head])  # byte offset after each token of text[:cut]
 
         def token_index(q: int) -> int | None:  # number of tokens covering text[:q], if q is a boundary
             b = len(text[:q].encode("utf-8"))
@@ -149,11 +154,33 @@ class _EncodedFiles:
         s0 = start if start < len(text) and _line_start(text, start) else None
         q1 = _last_line_start_in(text, start + 1, i)
         a, b = (token_index(s0) if s0 is not None else None), (token_index(q1) if q1 is not None else None)
-        prefix = np.concatenate([full[a:b], enc(text[q1:i])]) if a is not None and b is not None else enc(text[start:i])
+        prefix = [head[a:b], text[q1:i]] if a is not None and b is not None else [text[start:i]]
         q2 = _first_line_start_in(text, j, len(text))
         c = token_index(q2) if q2 is not None else None
-        suffix = np.concatenate([enc(text[j:q2]), full[c:]]) if c is not None else enc(text[j:])
-        return prefix, enc(text[i:j]), suffix
+        suffix = [text[j:q2], head[c:], text[cut:]] if c is not None else [text[j:]]
+        return [prefix, [text[i:j]], suffix]
+
+    def last(self, k: int) -> np.ndarray:
+        return resolve(self.tok, [self.last_plan(k)])[0]
+
+    def fim_parts(self, k: int, start: int, i: int, j: int) -> list[np.ndarray]:
+        return resolve(self.tok, self.fim_plan(k, start, i, j))
+
+
+def resolve(tok, plans: list[list]) -> list[np.ndarray]:
+    """Each plan (a list of id arrays and texts) as one id array; all texts encoded in one batch call, so a
+    repository's pieces cost one trip through the encoder rather than one per piece."""
+    texts = [p for plan in plans for p in plan if isinstance(p, str)]
+    tokens, offsets = tok.encode_raw_flat(texts) if texts else (None, None)
+    out, t = [], 0
+    for plan in plans:
+        parts = []
+        for p in plan:
+            if isinstance(p, str):
+                p, t = tokens[offsets[t]:offsets[t + 1]], t + 1
+            parts.append(p)
+        out.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+    return out
 
 
 CLIP_CHARS_PER_TOKEN = 8  # code averages 3-4 characters per token; the margin makes re-encoding rare
@@ -197,24 +224,43 @@ def _ids(x) -> np.ndarray:
     return np.asarray([x], dtype=np.int32)
 
 
-def _pack_piece(header: list[np.ndarray], files: list[tuple[str, str]], group: list[int], enc: _EncodedFiles,
-                ids: ControlIds, ctx: ModeContext, budget: int | None) -> list[np.ndarray]:
-    """Token arrays of one document: header, the group's files (last one maybe FIM'd or truncated), EOD."""
-    tok = ctx.tokenizer
-    sep, eod = _ids(ids.file_sep), _ids(ids.eod)
-    body = [a for k in group[:-1] for a in (sep, enc.with_newline[k])]
+@dataclass
+class _Draft:
+    """One document before its text pieces are encoded: its files, and its FIM cut (drawn in document order)."""
+
+    group: list[int]
+    fim: list[list] | None = None  # plans of the path line, prefix, middle, suffix
+
+    def plans(self, enc: _EncodedFiles) -> list[list]:
+        return self.fim if self.fim is not None else [enc.last_plan(self.group[-1])]
+
+
+def _draft(files: list[tuple[str, str]], group: list[int], enc: _EncodedFiles, ctx: ModeContext) -> _Draft:
+    draft = _Draft(group)
     path, content = files[group[-1]]
-    fixed = sum(a.size for a in header) + sum(a.size for a in body) + 1  # + EOD
     if ctx.rng.random() < ctx.options.fim_rate and not enc.clipped[group[-1]]:
         i, j = fim_split_points(content, ctx.rng, ctx.options.fim_line_level)
         start = len(path) + 1  # the file's text is "{path}\n{content}"
-        prefix, middle, suffix = enc.fim_parts(group[-1], start, start + i, start + j)
-        last = [sep, tok.encode_raw_np(f"{path}\n"), _ids(ids.fim_prefix), prefix, _ids(ids.fim_suffix), suffix,
-                _ids(ids.fim_middle), middle]
+        draft.fim = [[f"{path}\n"], *enc.fim_plan(group[-1], start, start + i, start + j)]
+    return draft
+
+
+def _pack_piece(header: list[np.ndarray], draft: _Draft, pieces: list[np.ndarray], enc: _EncodedFiles,
+                ids: ControlIds, ctx: ModeContext, budget: int | None) -> list[np.ndarray]:
+    """Token arrays of one document: header, the group's files (last one maybe FIM'd or truncated), EOD.
+    `pieces` are the draft's resolved plans."""
+    sep, eod = _ids(ids.file_sep), _ids(ids.eod)
+    group = draft.group
+    body = [a for k in group[:-1] for a in (sep, enc.with_newline[k])]
+    fixed = sum(a.size for a in header) + sum(a.size for a in body) + 1  # + EOD
+    if draft.fim is not None:
+        path_line, prefix, middle, suffix = pieces
+        last = [sep, path_line, _ids(ids.fim_prefix), prefix, _ids(ids.fim_suffix), suffix, _ids(ids.fim_middle), middle]
         if budget is None or fixed + sum(a.size for a in last) <= budget:
             ctx.count("fim_documents")
             return [*header, *body, *last, eod]
-    last_text = enc.last(group[-1])
+        pieces = [enc.last(group[-1])]  # FIM does not fit: the plain last file, maybe truncated
+    last_text = pieces[0]
     room = None if budget is None else budget - fixed - 1
     if room is not None and last_text.size > room:
         ctx.count("truncated_files")
@@ -245,7 +291,13 @@ def repo(record: dict, ctx: ModeContext) -> list[Document]:
         groups = [list(range(len(files)))]
     if len(groups) > 1:
         ctx.count("split_repositories")
-    docs = [Document([Piece(a) for a in _pack_piece(header, files, g, encoded, ids, ctx, budget)]) for g in groups]
+    drafts = [_draft(files, g, encoded, ctx) for g in groups]  # every random draw first, in document order
+    plans = [d.plans(encoded) for d in drafts]
+    resolved = resolve(tok, [p for ps in plans for p in ps])  # then one encoder call for all their texts
+    docs, at = [], 0
+    for draft, ps in zip(drafts, plans):
+        pieces, at = resolved[at:at + len(ps)], at + len(ps)
+        docs.append(Document([Piece(a) for a in _pack_piece(header, draft, pieces, encoded, ids, ctx, budget)]))
     ctx.count("repo_files", len(files))
     return docs
 
