@@ -205,7 +205,7 @@ class IndexedShardWriter(PipelineStep):
 
         from megatron_qwen.data.indexed import token_dtype, write_atomic_text
         from megatron_qwen.data.preprocess.assemble import Chunk, process_chunk
-        from megatron_qwen.data.preprocess.pipeline import _Outputs
+        from megatron_qwen.data.preprocess.pipeline import OutputWriters
 
         folder = Path(self.output_folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ class IndexedShardWriter(PipelineStep):
         for stale in glob.glob(f"{glob.escape(prefix)}[._]*.tmp-*"):  # left by an attempt that was killed
             os.remove(stale)
         spec, state, tokenizer = self._state()
-        outputs = _Outputs(prefix, state.output_keys, "document", token_dtype(tokenizer.vocab_size), spec.loss_mask)
+        outputs = OutputWriters(prefix, state.output_keys, "document", token_dtype(tokenizer.vocab_size), spec.loss_mask)
         docs_tmp = f"{prefix}.docs.jsonl.tmp-{os.getpid()}"
         totals = Counter(documents=0, tokens=0, records=0)
         skipped: Counter = Counter()

@@ -125,7 +125,7 @@ def run_chunks(chunks: Iterable[Chunk], state: WorkerState, workers: int) -> Ite
             yield get(pending.popleft())
 
 
-class _Outputs:
+class OutputWriters:
     """The writers of one run: one per output key, plus loss masks; commit or abort them together."""
 
     def __init__(self, prefix: str, keys: list[str], level: str, dtype, loss_mask: bool):
@@ -217,7 +217,7 @@ def run(options: argparse.Namespace) -> dict:
     ctx = ModeContext(tokenizer, options, resources, decontam, seed=options.seed)
     state = WorkerState(spec, ctx, keys, options.strict, tuple(options.json_keys),
                         record_number_key=getattr(options, "record_number_key", None))
-    outputs = _Outputs(options.output_prefix, keys, level, token_dtype(tokenizer.vocab_size), spec.loss_mask)
+    outputs = OutputWriters(options.output_prefix, keys, level, token_dtype(tokenizer.vocab_size), spec.loss_mask)
     totals = _Totals()
     start = time.perf_counter()
     startup = start - started
