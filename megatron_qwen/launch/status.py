@@ -7,7 +7,9 @@ script requeued (`<stage>/crashes`). States, read from files only (no
 Slurm query, so it works on any login node and after the jobs are gone):
   finished  the FINISHED marker exists
   running   metrics.jsonl changed within --active-minutes (default 10)
-  failed    not running, and the stage's newest log ends in a Python traceback or an `error:` line
+  requeued  not running, and the batch script's last word on its newest job was to requeue it (after a
+            preemption, or a crash within cluster.max_crash_requeues): it waits to start again
+  failed    not running, and a log of its newest job ends in a Python traceback or an `error:` line
   stopped   it has trained, but is neither finished, running nor failed (preempted, waiting to requeue)
   pending   nothing trained yet
 """
@@ -48,12 +50,29 @@ def _last_metrics(path: Path) -> dict:
     return last
 
 
-def _failed(logs: list[Path]) -> bool:
-    newest = max(logs, key=lambda p: p.stat().st_mtime, default=None)
-    if newest is None:
-        return False
-    tail = newest.read_text(errors="replace").strip().splitlines()[-30:]
-    return any(line.startswith("Traceback") for line in tail) or bool(tail and tail[-1].startswith("error:"))
+def _newest_job(logs: list[Path]) -> list[Path]:
+    """The .out and .err of the stage's newest job (`<stage>-<job id>.*`)."""
+    if not logs:
+        return []
+    stem = max(logs, key=lambda p: p.stat().st_mtime).stem
+    return [p for p in logs if p.stem == stem]
+
+
+def _failed(job_logs: list[Path]) -> bool:
+    """A log of the job ends in a Python traceback or an `error:` line (the launcher's own lines may follow)."""
+    for path in job_logs:
+        tail = [line for line in path.read_text(errors="replace").strip().splitlines()[-30:]
+                if not line.startswith("[launch ")]
+        if any(line.startswith("Traceback") for line in tail) or (tail and tail[-1].startswith("error:")):
+            return True
+    return False
+
+
+def _requeued(job_logs: list[Path]) -> bool:
+    """The job's last launcher line (`[launch ...]` in its .out) says it requeued the job."""
+    launch = [line for path in job_logs if path.suffix == ".out"
+              for line in path.read_text(errors="replace").splitlines() if line.startswith("[launch ")]
+    return bool(launch) and "requeueing to resume" in launch[-1]
 
 
 def stage_status(run_dir: Path, stage_dir: Path, now: float, active_s: float) -> StageStatus:
@@ -74,7 +93,9 @@ def stage_status(run_dir: Path, stage_dir: Path, now: float, active_s: float) ->
         status.state = "finished"
     elif last and now - metrics_file.stat().st_mtime < active_s:
         status.state = "running"
-    elif _failed(logs):
+    elif _requeued(_newest_job(logs)):
+        status.state = "requeued"
+    elif _failed(_newest_job(logs)):
         status.state = "failed"
     elif last:
         status.state = "stopped"

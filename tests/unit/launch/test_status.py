@@ -15,7 +15,7 @@ NOW = time.time()
 
 
 def stage(run: Path, name: str, steps: int = 0, age_s: float = 0.0, finished: bool = False, latest: str | None = None,
-          log: str | None = None, skipped: int = 0) -> None:
+          log: str | None = None, skipped: int = 0, out: str | None = None) -> None:
     d = run / name
     (d / "checkpoints").mkdir(parents=True)
     (d / "config.yaml").write_text("{}\n")
@@ -31,6 +31,9 @@ def stage(run: Path, name: str, steps: int = 0, age_s: float = 0.0, finished: bo
     if log is not None:
         (run / "logs").mkdir(exist_ok=True)
         (run / "logs" / f"{name}-101.err").write_text(log)
+    if out is not None:  # the batch script's own lines
+        (run / "logs").mkdir(exist_ok=True)
+        (run / "logs" / f"{name}-101.out").write_text(out)
 
 
 def test_states_steps_checkpoints_and_restarts(tmp_path, capsys):
@@ -41,18 +44,24 @@ def test_states_steps_checkpoints_and_restarts(tmp_path, capsys):
           "  File x\nRuntimeError: NCCL error\n")
     stage(tmp_path, "sft_coarse", steps=2, age_s=3600, log="stop signal received: saving at step 2 and exiting\n")
     stage(tmp_path, "sft_fine")
+    launch = "[launch 2026-12-02T04:29:07+00:00] job 101 (restart 0): "
+    stage(tmp_path, "dpo", steps=2, age_s=3600, log="Traceback (most recent call last):\nRuntimeError: x\n",
+          out=launch + "starting on vm\n" + launch + "trainer failed with exit status 7 (crash 1 of at most 2); "
+          "requeueing to resume from the last checkpoint\n")
+    stage(tmp_path, "dpo_lora", steps=2, age_s=3600, log="Traceback (most recent call last):\nRuntimeError: x\n",
+          out=launch + "trainer failed with exit status 7 (crash 3, cluster.max_crash_requeues=2); not requeueing\n")
     (tmp_path / "file_pretrain" / "crashes").write_text("1\n")  # the batch script requeued one crash
     rows = {r.stage: r for r in run_status(tmp_path, now=NOW)}
     assert {n: r.state for n, r in rows.items()} == {
         "file_pretrain": "finished", "repo_pretrain": "running", "long_context": "failed", "sft_coarse": "stopped",
-        "sft_fine": "pending"}
+        "sft_fine": "pending", "dpo": "requeued", "dpo_lora": "failed"}
     assert (rows["file_pretrain"].step, rows["file_pretrain"].loss) == (8, 5.0 - 0.8)
     assert rows["file_pretrain"].checkpoint == "iter_0000008" and rows["file_pretrain"].restarts == 1
     assert rows["file_pretrain"].crashes == 1 and rows["repo_pretrain"].crashes == 0
     assert rows["repo_pretrain"].skipped_steps == 1 and rows["sft_fine"].step is None
     assert main(["status", str(tmp_path)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["stage", "state", "step"] and len(table) == 6
+    assert table[0].split()[:3] == ["stage", "state", "step"] and len(table) == 8
     assert main(["status", str(tmp_path), "--json"]) == 0
     assert [json.loads(x)["state"] for x in capsys.readouterr().out.splitlines()][0] == "finished"
 
