@@ -10,7 +10,7 @@ Slurm query, so it works on any login node and after the jobs are gone):
   requeued  not running, and the batch script's last word on its newest job was to requeue it (after a
             preemption, or a crash within cluster.max_crash_requeues): it waits to start again
   failed    not running, and a log of its newest job ends in a Python traceback or an `error:` line
-  stopped   it has trained, but is neither finished, running nor failed (preempted, waiting to requeue)
+  stopped   it has trained, but is none of the above (a local run stopped by a signal, say)
   pending   nothing trained yet
 """
 
