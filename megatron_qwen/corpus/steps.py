@@ -213,7 +213,8 @@ class IndexedShardWriter(PipelineStep):
         for stale in glob.glob(f"{glob.escape(prefix)}[._]*.tmp-*"):  # left by an attempt that was killed
             os.remove(stale)
         spec, state, tokenizer = self._state()
-        outputs = OutputWriters(prefix, state.output_keys, "document", token_dtype(tokenizer.vocab_size), spec.loss_mask)
+        outputs = OutputWriters(prefix, state.output_keys, "document", token_dtype(tokenizer.vocab_size),
+                                spec.loss_mask)
         docs_tmp = f"{prefix}.docs.jsonl.tmp-{os.getpid()}"
         totals = Counter(documents=0, tokens=0, records=0)
         skipped: Counter = Counter()

@@ -121,7 +121,8 @@ def resolve_system_prompt(system_prompt: str | None, tokenizer) -> str | None:
     try:
         return template_default_system(files.chat_template, tuple(sorted(files.special_tokens.items())))
     except ChatTemplateError as e:
-        raise ChatFormatError(f"tokenizer {files.path}: {e}; give the system prompt explicitly instead of 'auto'") from e
+        raise ChatFormatError(f"tokenizer {files.path}: {e}; give the system prompt explicitly instead of "
+                              "'auto'") from e
 
 
 def _ids(values) -> np.ndarray:

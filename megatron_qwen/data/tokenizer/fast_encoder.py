@@ -7,8 +7,8 @@ first, `gigatoken_encoder.py`) and tiktoken (this file). "Shaped like" is checke
 candidate is compared with the Hugging Face encoder on a probe set of awkward strings (one by one and as
 one batch); a candidate that differs is dropped with one warning, and the next one is tried, down to
 Hugging Face itself. The Hugging Face answers to the probes are recorded per tokenizer (probe_record.py),
-so later starts run the candidate on every probe without building the reference. Candidates get the spec with its added tokens removed, so literal control-token
-text stays text (a probe checks that too).
+so later starts run the candidate on every probe without building the reference. Candidates get the spec
+with its added tokens removed, so literal control-token text stays text (a probe checks that too).
 
 Every encoder offers `encode(text)`, `encode_batch(texts)` (a list of int32 arrays) and
 `encode_flat(texts)` (all ids in one int32 array plus int64 offsets, `len(texts) + 1` of them).

@@ -255,7 +255,8 @@ def _pack_piece(header: list[np.ndarray], draft: _Draft, pieces: list[np.ndarray
     fixed = sum(a.size for a in header) + sum(a.size for a in body) + 1  # + EOD
     if draft.fim is not None:
         path_line, prefix, middle, suffix = pieces
-        last = [sep, path_line, _ids(ids.fim_prefix), prefix, _ids(ids.fim_suffix), suffix, _ids(ids.fim_middle), middle]
+        last = [sep, path_line, _ids(ids.fim_prefix), prefix, _ids(ids.fim_suffix), suffix, _ids(ids.fim_middle),
+                middle]
         if budget is None or fixed + sum(a.size for a in last) <= budget:
             ctx.count("fim_documents")
             return [*header, *body, *last, eod]
