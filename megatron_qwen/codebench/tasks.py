@@ -5,12 +5,12 @@ reading every format shares, with errors that name the file, the line and the fi
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from megatron_qwen.platform import jsonl
 
 
 class BenchmarkFormatError(ValueError):
@@ -48,28 +48,14 @@ class ExecTask:
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line of a JSONL (or .jsonl.gz) file; malformed lines and
-    non-objects raise BenchmarkFormatError naming the file and line."""
-    path = Path(path)
+    """(line number, object) for each non-blank line of a JSONL (or .jsonl.gz) file (platform/jsonl.py);
+    an unreadable file, malformed lines and non-objects raise BenchmarkFormatError naming the file and line."""
     try:
-        opened = gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+        yield from jsonl.iter_jsonl(path)
+    except jsonl.JsonlError as exc:
+        raise BenchmarkFormatError(str(exc)) from None
     except OSError as exc:
         raise BenchmarkFormatError(f"{path}: cannot read: {exc.strerror}") from None
-    with opened as f:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BenchmarkFormatError(f"{path}:{lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
-                if not isinstance(obj, dict):
-                    raise BenchmarkFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-                yield lineno, obj
-        except (UnicodeDecodeError, OSError, EOFError) as exc:
-            raise BenchmarkFormatError(f"{path}:{lineno + 1}: cannot decode: {exc}") from None
 
 
 def field(obj: dict[str, Any], names: str | tuple[str, ...], where: str, kind: type | tuple[type, ...] = str) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from megatron_qwen.data.decontamination.ngrams import DEFAULT_N, Decontaminator
 from megatron_qwen.platform.files import write_atomic
+from megatron_qwen.platform.jsonl import JsonlError, iter_jsonl
 from megatron_qwen.sandbox import Limits, Sandbox, SandboxConfig
 from megatron_qwen.synth.client import Client, ClientConfig, RequestBudgetExhausted, RequestCache
 from megatron_qwen.synth.pipeline import Pipeline, Settings, snippets_from_records, summary, to_jsonl
@@ -61,19 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_records(paths: list[str]):
-    """(line number, record) over the JSONL inputs; a malformed line is one error naming file and line."""
+    """(line number, record) over the JSONL inputs; a bad line is one error naming file and line."""
     for path in paths:
-        with open(path, "rb") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except (ValueError, UnicodeDecodeError) as err:
-                    raise SystemExit(f"error: {path}:{line_no}: not a JSON record ({err})") from None
-                if not isinstance(record, dict):
-                    raise SystemExit(f"error: {path}:{line_no}: a record must be a JSON object")
-                yield line_no, record
+        try:
+            yield from iter_jsonl(path)
+        except JsonlError as err:
+            raise SystemExit(f"error: {err}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

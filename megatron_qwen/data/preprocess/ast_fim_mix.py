@@ -33,24 +33,18 @@ from megatron_qwen.data.formats.ast_fim import (
     parse_weights,
 )
 from megatron_qwen.platform.files import write_atomic
+from megatron_qwen.platform.jsonl import JsonlError, iter_jsonl
 
 
 def read_jsonl(paths: list[str], counters: Counter) -> Iterator[dict]:
+    """The records of the JSONL inputs; a bad line is counted by kind, warned about and skipped."""
+    def skip(err: JsonlError) -> None:
+        counters[f"skipped:{err.kind}"] += 1
+        print(f"warning: {err}, skipped", file=sys.stderr)
+
     for path in paths:
-        with open(path, "rb") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except (ValueError, UnicodeDecodeError):
-                    counters["skipped:malformed JSON"] += 1
-                    print(f"warning: {path}:{line_no}: not a JSON record, skipped", file=sys.stderr)
-                    continue
-                if isinstance(record, dict):
-                    yield record
-                else:
-                    counters["skipped:record is not a JSON object"] += 1
+        for _, record in iter_jsonl(path, on_bad=skip):
+            yield record
 
 
 def read_trees(roots: list[str], seed: int, counters: Counter) -> Iterator[dict]:

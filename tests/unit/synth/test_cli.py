@@ -15,7 +15,7 @@ def test_malformed_input_line(tmp_path, capsys):
     (tmp_path / "in.jsonl").write_text('{"content": "x", "language": "python"}\n{not json\n')
     assert main(args(tmp_path)) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'in.jsonl'}:2: not a JSON record")
+    assert len(err) == 1 and err[0].startswith(f"error: {tmp_path / 'in.jsonl'}:2: malformed JSON")
 
 
 def test_prompt_override_with_unknown_placeholder(tmp_path, capsys):

@@ -66,7 +66,7 @@ def test_fim_only_output_from_jsonl_code_records(tool, tmp_path):
     assert report["samples"] == 2 and len(out.read_text().splitlines()) == 2
     assert report["counters"]["skipped:unknown language"] == 1
     assert report["counters"]["skipped:malformed JSON"] == 1
-    assert report["counters"]["skipped:record is not a JSON object"] == 1
+    assert report["counters"]["skipped:expected a JSON object"] == 1
 
 
 def test_share_needs_sft_input(tool, tmp_path):
