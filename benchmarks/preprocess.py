@@ -224,7 +224,8 @@ def main() -> int:
     p.add_argument("--tokenizer", default=os.environ.get("QWEN_TOKENIZER_DIR", "../shared/fixtures/qwen2.5-coder-tokenizer"))
     p.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"])
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--repeat", type=int, default=5, help="calls per encoder limit (the first is cold; the best of five reaches the warm plateau, "
+    p.add_argument("--repeat", type=int, default=5,
+                   help="calls per encoder limit (the first is cold; the best of five reaches the warm plateau, "
                         "three can miss it)")
     p.add_argument("--modes", nargs="+", default=["plain", "file", "repo", "text"])
     p.add_argument("--repo-bytes", type=int, default=1_000_000)
