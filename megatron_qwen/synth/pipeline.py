@@ -162,11 +162,21 @@ class Pipeline:
 
     # -- the run --------------------------------------------------------------------------------------------
     def run(self, snippets: Sequence[Snippet], early_drops: Sequence[dict] = ()) -> Result:
+        """Every step over all snippets in turn; `records` is the request log, `drops` says what was left out
+        at which level and why."""
         drops: list[dict] = list(early_drops)
         records: list[dict] = []
-        total_snippets = len(snippets) + len(early_drops)
+        items = self._instructions(snippets, records, drops)
+        self._answers_and_tests(items, records, drops)
+        items_with_answers = [it for it in items if it.answers_key is not None]
+        flat = [(it, a) for it in items_with_answers for a in it.answers]
+        self._verify_and_score(flat, records, drops)
+        sft, pairs = self._datasets(items_with_answers, records, drops)
+        report = self._report(len(snippets) + len(early_drops), items, items_with_answers, flat, sft, pairs, drops)
+        return Result(sft, pairs, drops, records, report)
 
-        # 1. instruction from code
+    def _instructions(self, snippets: Sequence[Snippet], records: list[dict], drops: list[dict]) -> list[Item]:
+        """Step 1: an instruction from each snippet's code."""
         replies = self._map(lambda sn: self._ask(render(self.templates["instruction"], language=DISPLAY[sn.language],
                                                         code=sn.code)), snippets, "instructions")
         items: list[Item] = []
@@ -182,8 +192,10 @@ class Pipeline:
                               "request_key": key})
                 continue
             items.append(Item(sn, text, key))
+        return items
 
-        # 2. answers (N samples in one request) and unit tests
+    def _answers_and_tests(self, items: list[Item], records: list[dict], drops: list[dict]) -> None:
+        """Step 2: N answers (in one request) and unit tests for each instruction, stored on the items."""
         def generate(item: Item):
             fields = dict(language=DISPLAY[item.snippet.language], instruction=item.instruction,
                           language_note=LANGUAGE_NOTES[item.snippet.language])
@@ -216,15 +228,13 @@ class Pipeline:
                     item.tests = tests
                 records.append(self._record("tests", item.snippet, t_key, self.s.model, code=tests,
                                             usable=item.tests is not None, problem=item.tests_problem))
-        items_with_answers = [it for it in items if it.answers_key is not None]
 
-        # 3. verification (static checks; the sandbox for answers that have tests)
-        flat = [(it, a) for it in items_with_answers for a in it.answers]
+    def _verify_and_score(self, flat: list[tuple[Item, Answer]], records: list[dict], drops: list[dict]) -> None:
+        """Steps 3 and 4: static checks and the sandbox (answers with tests), then checklist scores of every
+        answer that passed its tests (or, without tests, its static checks); each answer ends with an outcome."""
         verdicts = self.verifier.verify([Check(a.code, it.snippet.language, it.tests) for it, a in flat])
         for (_it, a), v in zip(flat, verdicts):
             a.outcome, a.detail = v.outcome, v.detail
-
-        # 4. checklist scores of every answer that passed its tests (or, without tests, its static checks)
         to_score = [(it, a) for it, a in flat if a.outcome in (PASSED, STATIC_OK)]
 
         def score(pair):
@@ -252,9 +262,10 @@ class Pipeline:
                 drops.append({"level": "answer", "source_id": it.snippet.source_id, "reason": a.outcome,
                               "detail": a.detail, "request_key": a.request_key, "index": a.index})
 
-        # 5. rejection-sampled SFT and 6. preference pairs, both decontaminated before writing
+    def _datasets(self, items: list[Item], records: list[dict], drops: list[dict]) -> tuple[list[dict], list[dict]]:
+        """Steps 5 and 6: the rejection-sampled SFT records and the preference pairs, both decontaminated."""
         sft, pairs = [], []
-        for it in items_with_answers:
+        for it in items:
             record, reason = self._sft(it)
             if record is not None:
                 reason = self._contaminated(record)
@@ -262,9 +273,7 @@ class Pipeline:
                 drops.append({"level": "sft", "source_id": it.snippet.source_id, "reason": reason})
             else:
                 sft.append(record)
-        pairable = [it for it in items_with_answers]
-        judged = self._map(self._pair, pairable, "pairs")
-        for it, (record, reason, extra) in zip(pairable, judged):
+        for it, (record, reason, extra) in zip(items, self._map(self._pair, items, "pairs")):
             if extra:
                 records.append(extra)
             if record is not None:
@@ -273,8 +282,7 @@ class Pipeline:
                 drops.append({"level": "dpo", "source_id": it.snippet.source_id, "reason": reason})
             else:
                 pairs.append(record)
-        report = self._report(total_snippets, items, items_with_answers, flat, sft, pairs, drops)
-        return Result(sft, pairs, drops, records, report)
+        return sft, pairs
 
     def _record(self, step: str, sn: Snippet, key: str, model: str, **extra) -> dict:
         return {"step": step, "source_id": sn.source_id, "language": sn.language, "request_key": key,
